@@ -1,0 +1,1 @@
+"""The attnsuite command line: ``attnsuite list | check | bench | report``."""

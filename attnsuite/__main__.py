@@ -1,0 +1,5 @@
+import sys
+
+from attnsuite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,263 @@
+"""The float64 NumPy oracle: SPEC section 3 as array code, and its hand-derived backward.
+
+Shapes use the spec's letters: B batch, H query heads, G key/value heads (H_kv),
+Lq and Lk lengths, dk and dv head sizes. Every function is vectorised over batch and
+heads.
+
+``precision`` (None, "float32", "float16" or "bfloat16") rounds the inputs, the weights
+and every intermediate to that dtype: the plain low-precision computation that the
+tolerance rule for float16/bfloat16 measures its baseline error with (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import ml_dtypes
+import numpy as np
+
+from impls.spec import AttentionSpec
+from impls.weights import check_weights
+
+_ROUNDING_DTYPES = {
+    "float64": np.float64,
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+}
+
+
+def rounding(precision: str | None):
+    """The function that rounds a float64 array to ``precision`` and back."""
+    if precision in (None, "float64"):
+        return lambda a: a
+    try:
+        dtype = _ROUNDING_DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"precision: expected one of {list(_ROUNDING_DTYPES)}, got {precision!r}")
+    return lambda a: np.asarray(a).astype(dtype).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# Which keys each query may see.
+
+def structural_mask(spec: AttentionSpec, L_q: int, L_k: int) -> np.ndarray:
+    """(L_q, L_k) bool: the causal and window rules of the spec (True = visible)."""
+    i = np.arange(L_q)[:, None]
+    j = np.arange(L_k)[None, :]
+    shifted_i = i + (L_k - L_q) if spec.causal == "bottom_right" else i
+    visible = np.ones((L_q, L_k), dtype=bool)
+    if spec.causal is not None:
+        visible &= j <= shifted_i
+    if spec.window is not None:
+        left, right = spec.window
+        visible &= (j - shifted_i >= -left) & (j - shifted_i <= right)
+    return visible
+
+
+def visibility(spec: AttentionSpec, B: int, L_q: int, L_k: int, mask=None) -> np.ndarray:
+    """(B, H, L_q, L_k) bool: the user mask combined with the structural rules."""
+    visible = structural_mask(spec, L_q, L_k)
+    if mask is not None:
+        visible = visible & mask
+    return np.broadcast_to(visible, (B, spec.H, L_q, L_k))
+
+
+# ---------------------------------------------------------------------------------------
+# Input validation: every error names the argument and the shapes.
+
+def _check_broadcastable(name: str, array, target: tuple[int, ...], kind) -> None:
+    array = np.asarray(array)
+    if kind is bool and array.dtype != bool:
+        raise ValueError(f"{name}: must be a boolean array (True = may attend), got dtype {array.dtype}")
+    if kind is float and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name}: must be a float array, got dtype {array.dtype}")
+    if array.ndim not in (2, 4):
+        raise ValueError(f"{name}: must have rank 2 (L_q, L_k) or rank 4 (B, H, L_q, L_k), got shape "
+                         f"{array.shape}; rank 3 is ambiguous when B == H")
+    aligned = target[-array.ndim:]
+    if any(a not in (1, t) for a, t in zip(array.shape, aligned)):
+        raise ValueError(f"{name}: shape {array.shape} does not broadcast to (B, H, L_q, L_k) = {target}")
+
+
+def check_inputs(spec: AttentionSpec, weights, query, key, value, mask=None, bias=None,
+                 d_out=None) -> None:
+    """Raise ValueError naming the argument whose shape or dtype does not fit the spec."""
+    check_weights(spec, weights)
+    arrays = {"query": (query, spec.E), "key": (key, spec.E_k), "value": (value, spec.E_v)}
+    for name, (array, features) in arrays.items():
+        shape = np.shape(array)
+        if len(shape) != 3 or shape[-1] != features:
+            raise ValueError(f"{name}: expected shape (B, L, {features}), got {shape}")
+    B, L_q, _ = np.shape(query)
+    if np.shape(key)[0] != B or np.shape(value)[0] != B:
+        raise ValueError(f"query, key, value: batch sizes differ: {np.shape(query)}, "
+                         f"{np.shape(key)}, {np.shape(value)}")
+    if np.shape(key)[1] != np.shape(value)[1]:
+        raise ValueError(f"key, value: lengths differ: {np.shape(key)} vs {np.shape(value)}")
+    target = (B, spec.H, L_q, np.shape(key)[1])
+    if mask is not None:
+        _check_broadcastable("mask", mask, target, bool)
+    if bias is not None:
+        _check_broadcastable("bias", bias, target, float)
+    if d_out is not None and np.shape(d_out) != (B, L_q, spec.E_o):
+        raise ValueError(f"d_out: expected shape {(B, L_q, spec.E_o)}, got {np.shape(d_out)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Forward.
+
+def _split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(B, L, heads*d) -> (B, heads, L, d)."""
+    B, L, width = x.shape
+    return x.reshape(B, L, heads, width // heads).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(x: np.ndarray) -> np.ndarray:
+    """(B, heads, L, d) -> (B, L, heads*d)."""
+    B, heads, L, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, L, heads * d)
+
+
+def _expand_kv(x: np.ndarray, group_size: int) -> np.ndarray:
+    """(B, G, L, d) -> (B, H, L, d): query head h reads key/value head h // group_size."""
+    return np.repeat(x, group_size, axis=1)
+
+
+def _sum_groups(x: np.ndarray, group_size: int) -> np.ndarray:
+    """The adjoint of _expand_kv: (B, H, L, d) -> (B, G, L, d)."""
+    B, H, L, d = x.shape
+    return x.reshape(B, H // group_size, group_size, L, d).sum(axis=2)
+
+
+def _masked_softmax(logits: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Softmax over the visible keys of each row; a row with no visible key is all zeros."""
+    masked = np.where(visible, logits, -np.inf)
+    row_max = masked.max(axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    e = np.where(visible, np.exp(masked - row_max), 0.0)
+    total = e.sum(axis=-1, keepdims=True)
+    return e / np.where(total > 0, total, 1.0)
+
+
+class _Forward(NamedTuple):
+    """Every intermediate the backward pass needs."""
+    q: np.ndarray       # (B, H, Lq, dk)
+    k: np.ndarray       # (B, H, Lk, dk), already expanded to H heads
+    v: np.ndarray       # (B, H, Lk, dv), likewise
+    tanh: np.ndarray | None  # tanh(S / c) when softcapped
+    probs: np.ndarray   # (B, H, Lq, Lk)
+    heads: np.ndarray   # (B, Lq, H*dv), the merged head outputs
+    out: np.ndarray     # (B, Lq, E_o)
+
+
+def _as_f64(*arrays):
+    return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def _forward(spec, weights, query, key, value, mask, bias, precision) -> _Forward:
+    check_inputs(spec, weights, query, key, value, mask, bias)
+    r = rounding(precision)
+    w = {name: r(np.asarray(array, dtype=np.float64)) for name, array in weights.items()}
+    query, key, value, bias = [None if a is None else r(a) for a in _as_f64(query, key, value, bias)]
+
+    def project(x, name):
+        y = x @ w["w" + name]
+        return r(y + w["b" + name]) if spec.bias else r(y)
+
+    G = spec.group_size
+    q = _split_heads(project(query, "q"), spec.H)
+    k = _expand_kv(_split_heads(project(key, "k"), spec.H_kv), G)
+    v = _expand_kv(_split_heads(project(value, "v"), spec.H_kv), G)
+
+    logits = r(spec.logit_scale * (q @ k.transpose(0, 1, 3, 2)))
+    tanh = None
+    if spec.softcap is not None:
+        tanh = np.tanh(logits / spec.softcap)
+        logits = r(spec.softcap * tanh)
+    if bias is not None:
+        logits = r(logits + bias)
+
+    B, L_q, L_k = query.shape[0], query.shape[1], key.shape[1]
+    probs = r(_masked_softmax(logits, visibility(spec, B, L_q, L_k, mask)))
+    heads = r(_merge_heads(probs @ v))
+    out = heads @ w["wo"]
+    out = r(out + w["bo"]) if spec.bias else r(out)
+    return _Forward(q, k, v, tanh, probs, heads, out)
+
+
+def forward(spec: AttentionSpec, weights, query, key, value, mask=None, bias=None,
+            precision: str | None = None) -> np.ndarray:
+    """out, shape (B, L_q, E_o), in float64."""
+    return _forward(spec, weights, query, key, value, mask, bias, precision).out
+
+
+def attention_probs(spec: AttentionSpec, weights, query, key, value, mask=None,
+                    bias=None) -> np.ndarray:
+    """P, shape (B, H, L_q, L_k): each row sums to one over its visible keys (or is zero)."""
+    return _forward(spec, weights, query, key, value, mask, bias, None).probs
+
+
+# ---------------------------------------------------------------------------------------
+# Backward: the vector-Jacobian product of sum(out * d_out), derived by hand.
+
+def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=None,
+        precision: str | None = None) -> dict[str, np.ndarray]:
+    """Gradients of sum(out * d_out) for "query", "key", "value" and every weight name."""
+    fwd = _forward(spec, weights, query, key, value, mask, bias, precision)
+    check_inputs(spec, weights, query, key, value, mask, bias, d_out)
+    r = rounding(precision)
+    w = {name: r(np.asarray(array, dtype=np.float64)) for name, array in weights.items()}
+    query, key, value, d_out = [r(a) for a in _as_f64(query, key, value, d_out)]
+    G = spec.group_size
+    grads = {}
+
+    # out = heads @ wo + bo
+    grads["wo"] = np.einsum("bli,blo->io", fwd.heads, d_out)
+    if spec.bias:
+        grads["bo"] = d_out.sum(axis=(0, 1))
+    d_heads = _split_heads(r(d_out @ w["wo"].T), spec.H)          # (B, H, Lq, dv)
+
+    # heads_h = P_h @ V_h
+    d_probs = r(d_heads @ fwd.v.transpose(0, 1, 3, 2))             # (B, H, Lq, Lk)
+    d_v = r(fwd.probs.transpose(0, 1, 3, 2) @ d_heads)             # (B, H, Lk, dv)
+
+    # P = softmax(S) over visible keys: dS = P * (dP - sum_j dP_j P_j).
+    # Invisible keys and empty rows have P = 0, so no gradient flows through them.
+    d_logits = r(fwd.probs * (d_probs - (d_probs * fwd.probs).sum(axis=-1, keepdims=True)))
+    if fwd.tanh is not None:                                        # S' = c * tanh(S / c)
+        d_logits = r(d_logits * (1.0 - fwd.tanh ** 2))
+
+    # S = scale * Q K^T
+    d_q = r(spec.logit_scale * (d_logits @ fwd.k))                  # (B, H, Lq, dk)
+    d_k = r(spec.logit_scale * (d_logits.transpose(0, 1, 3, 2) @ fwd.q))  # (B, H, Lk, dk)
+
+    # Q = query @ wq + bq, likewise K and V (whose expanded heads sum back into groups).
+    projected = {
+        "q": (query, _merge_heads(d_q)),
+        "k": (key, _merge_heads(_sum_groups(d_k, G))),
+        "v": (value, _merge_heads(_sum_groups(d_v, G))),
+    }
+    inputs = {"q": "query", "k": "key", "v": "value"}
+    for name, (x, d_y) in projected.items():
+        grads["w" + name] = np.einsum("bli,blo->io", x, d_y)
+        if spec.bias:
+            grads["b" + name] = d_y.sum(axis=(0, 1))
+        grads[inputs[name]] = r(d_y @ w["w" + name].T)
+    return grads
+
+
+# ---------------------------------------------------------------------------------------
+# The oracle as an implementation the suite can run (registered as "numpy.oracle").
+
+def factory(spec: AttentionSpec):
+    """SPEC section 5 factory. NumPy has no autodiff, so ``fn.vjp`` supplies the backward."""
+
+    def fn(params, query, key, value, mask=None, bias=None):
+        return forward(spec, params, query, key, value, mask, bias)
+
+    def fn_vjp(params, query, key, value, d_out, mask=None, bias=None):
+        return vjp(spec, params, query, key, value, d_out, mask, bias)
+
+    fn.vjp = fn_vjp
+    return fn

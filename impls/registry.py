@@ -1,0 +1,117 @@
+"""Every implementation the suite knows by name, and plug-in resolution (SPEC section 5).
+
+A name is either one the suite registers itself (``torch.fused``, ``numpy.oracle``, ...)
+or a plug-in written ``FRAMEWORK:module.path:factory``. Resolution imports nothing
+until asked, so listing works with no framework installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+from impls.backends import FRAMEWORKS, framework_status
+from impls.errors import PluginError
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    framework: str               # numpy | torch | tensorflow | jax
+    target: str                  # "module.path:factory"
+    description: str
+    kind: str = "ours"           # oracle | ours | builtin | broken | plugin
+    env: tuple[tuple[str, str], ...] = ()  # environment its process needs (KERAS_BACKEND)
+
+    @property
+    def process_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """Implementations with the same key can be judged in one process."""
+        return (self.framework, self.env)
+
+
+def _e(name, framework, target, description, kind="ours", **env):
+    return Entry(name, framework, target, description, kind, tuple(sorted(env.items())))
+
+
+REGISTRY: tuple[Entry, ...] = (
+    _e("numpy.oracle", "numpy", "impls.oracle:factory", "the float64 NumPy oracle", "oracle"),
+    # Ours: an explicit path that reads like the math, and a fused path on the fastest kernel.
+    _e("torch.explicit", "torch", "impls.ours.torch:explicit", "ours, explicit math"),
+    _e("torch.fused", "torch", "impls.ours.torch:fused", "ours, on scaled_dot_product_attention"),
+    _e("tensorflow.explicit", "tensorflow", "impls.ours.tensorflow:explicit", "ours, explicit math"),
+    _e("tensorflow.fused", "tensorflow", "impls.ours.tensorflow:fused", "ours, on the fused Keras/TF op"),
+    _e("jax.explicit", "jax", "impls.ours.jax:explicit", "ours, explicit math"),
+    _e("jax.fused", "jax", "impls.ours.jax:fused", "ours, on jax.nn.dot_product_attention"),
+    # Each framework's built-in layers, with their real semantics.
+    _e("torch.nn.MultiheadAttention", "torch", "impls.builtin.torch:multihead_attention",
+       "torch.nn.MultiheadAttention", "builtin"),
+    _e("torch.sdpa", "torch", "impls.builtin.torch:sdpa",
+       "canonical projections + F.scaled_dot_product_attention", "builtin"),
+    _e("keras.tensorflow.MultiHeadAttention", "tensorflow", "impls.builtin.keras:multi_head_attention",
+       "keras.layers.MultiHeadAttention, TensorFlow backend", "builtin", KERAS_BACKEND="tensorflow"),
+    _e("keras.jax.MultiHeadAttention", "jax", "impls.builtin.keras:multi_head_attention",
+       "keras.layers.MultiHeadAttention, JAX backend", "builtin", KERAS_BACKEND="jax"),
+    _e("keras.torch.MultiHeadAttention", "torch", "impls.builtin.keras:multi_head_attention",
+       "keras.layers.MultiHeadAttention, PyTorch backend", "builtin", KERAS_BACKEND="torch"),
+    _e("jax.nn.dot_product_attention", "jax", "impls.builtin.jax:dot_product_attention",
+       "canonical projections + jax.nn.dot_product_attention", "builtin"),
+    _e("flax.linen.MultiHeadDotProductAttention", "jax", "impls.builtin.flax:linen_mha",
+       "flax.linen.MultiHeadDotProductAttention", "builtin"),
+    _e("flax.nnx.MultiHeadAttention", "jax", "impls.builtin.flax:nnx_mha",
+       "flax.nnx.MultiHeadAttention", "builtin"),
+)
+
+
+def all_entries(include_broken: bool = False) -> list[Entry]:
+    entries = list(REGISTRY)
+    if include_broken:
+        from impls.broken import BROKEN
+        entries += list(BROKEN)
+    return entries
+
+
+def find_entry(name: str) -> Entry:
+    """The Entry for a registered name or a ``FRAMEWORK:module.path:factory`` plug-in."""
+    if ":" in name:
+        return parse_plugin(name)
+    for entry in all_entries(include_broken=True):
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in REGISTRY)
+    raise PluginError(f"{name!r}: no implementation of that name (known: {known}; "
+                      f"or write FRAMEWORK:module.path:factory)")
+
+
+def parse_plugin(name: str) -> Entry:
+    parts = name.split(":")
+    if len(parts) != 3 or not all(parts):
+        raise PluginError(f"{name!r}: a plug-in is written FRAMEWORK:module.path:factory")
+    framework, module, attr = parts
+    if framework not in FRAMEWORKS:
+        raise PluginError(f"{name!r}: unknown framework {framework!r} (one of {', '.join(FRAMEWORKS)})")
+    return Entry(name, framework, f"{module}:{attr}", f"plug-in {module}:{attr}", "plugin")
+
+
+def load_factory(entry: Entry) -> Callable:
+    """Import the entry's factory; every failure is a one-line PluginError."""
+    available, reason = framework_status(entry.framework)
+    if not available:
+        raise PluginError(f"{entry.name}: framework {entry.framework!r} is not available: {reason}")
+    module_name, attr = entry.target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the module's own error, whatever it is
+        raise PluginError(f"{entry.name}: module {module_name!r} does not import: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise PluginError(f"{entry.name}: module {module_name!r} has no attribute {attr!r}")
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise PluginError(f"{entry.name}: {entry.target} is a {type(factory).__name__}, not a callable factory")
+    return factory
+
+
+def resolve(name: str) -> tuple[Entry, Callable]:
+    entry = find_entry(name)
+    return entry, load_factory(entry)
