@@ -132,12 +132,15 @@ def _sum_groups(x: np.ndarray, group_size: int) -> np.ndarray:
 
 def _masked_softmax(logits: np.ndarray, visible: np.ndarray) -> np.ndarray:
     """Softmax over the visible keys of each row; a row with no visible key is all zeros."""
-    masked = np.where(visible, logits, -np.inf)
-    row_max = masked.max(axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    e = np.where(visible, np.exp(masked - row_max), 0.0)
+    e = np.where(visible, logits, -np.inf)
+    row_max = e.max(axis=-1, keepdims=True)
+    row_max[~np.isfinite(row_max)] = 0.0
+    e -= row_max
+    np.exp(e, out=e)  # exp(-inf) == 0: invisible keys drop out without a second pass
     total = e.sum(axis=-1, keepdims=True)
-    return e / np.where(total > 0, total, 1.0)
+    total[~(total > 0)] = 1.0
+    e /= total
+    return e
 
 
 class _Forward(NamedTuple):
@@ -170,7 +173,9 @@ def _forward(spec, weights, query, key, value, mask, bias, precision) -> _Forwar
     k = _expand_kv(_split_heads(project(key, "k"), spec.H_kv), G)
     v = _expand_kv(_split_heads(project(value, "v"), spec.H_kv), G)
 
-    logits = r(spec.logit_scale * (q @ k.transpose(0, 1, 3, 2)))
+    logits = q @ k.transpose(0, 1, 3, 2)
+    logits *= spec.logit_scale
+    logits = r(logits)
     tanh = None
     if spec.softcap is not None:
         tanh = np.tanh(logits / spec.softcap)
@@ -201,6 +206,11 @@ def attention_probs(spec: AttentionSpec, weights, query, key, value, mask=None,
 # ---------------------------------------------------------------------------------------
 # Backward: the vector-Jacobian product of sum(out * d_out), derived by hand.
 
+def _weight_grad(x: np.ndarray, d_y: np.ndarray) -> np.ndarray:
+    """d(sum(d_y * (x @ W))) / dW = sum over batch and length of x^T d_y, as one matmul."""
+    return x.reshape(-1, x.shape[-1]).T @ d_y.reshape(-1, d_y.shape[-1])
+
+
 def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=None,
         precision: str | None = None) -> dict[str, np.ndarray]:
     """Gradients of sum(out * d_out) for "query", "key", "value" and every weight name."""
@@ -213,7 +223,7 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     grads = {}
 
     # out = heads @ wo + bo
-    grads["wo"] = np.einsum("bli,blo->io", fwd.heads, d_out)
+    grads["wo"] = _weight_grad(fwd.heads, d_out)
     if spec.bias:
         grads["bo"] = d_out.sum(axis=(0, 1))
     d_heads = _split_heads(r(d_out @ w["wo"].T), spec.H)          # (B, H, Lq, dv)
@@ -224,7 +234,8 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
 
     # P = softmax(S) over visible keys: dS = P * (dP - sum_j dP_j P_j).
     # Invisible keys and empty rows have P = 0, so no gradient flows through them.
-    d_logits = r(fwd.probs * (d_probs - (d_probs * fwd.probs).sum(axis=-1, keepdims=True)))
+    d_probs -= (d_probs * fwd.probs).sum(axis=-1, keepdims=True)
+    d_logits = r(np.multiply(d_probs, fwd.probs, out=d_probs))
     if fwd.tanh is not None:                                        # S' = c * tanh(S / c)
         d_logits = r(d_logits * (1.0 - fwd.tanh ** 2))
 
@@ -240,7 +251,7 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     }
     inputs = {"q": "query", "k": "key", "v": "value"}
     for name, (x, d_y) in projected.items():
-        grads["w" + name] = np.einsum("bli,blo->io", x, d_y)
+        grads["w" + name] = _weight_grad(x, d_y)
         if spec.bias:
             grads["b" + name] = d_y.sum(axis=(0, 1))
         grads[inputs[name]] = r(d_y @ w["w" + name].T)

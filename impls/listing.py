@@ -1,0 +1,128 @@
+"""``attnsuite list``: every registered implementation, whether it can run here, and which
+spec features its factory accepts.
+
+Features are probed by calling each factory on a small spec per feature: a factory that
+raises ``Unsupported`` does not support it. Probing imports the framework, so each group
+of implementations that shares a process key (framework + environment, e.g. Keras's
+backend) is probed in a subprocess of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from impls.backends import framework_status
+from impls.errors import PluginError, Unsupported
+from impls.registry import Entry, all_entries, find_entry, load_factory
+from impls.spec import AttentionSpec
+
+_BASE = dict(d_model=16, num_heads=4)
+FEATURE_PROBES: dict[str, dict] = {
+    "mha": {},
+    "gqa": {"num_kv_heads": 2},
+    "mqa": {"num_kv_heads": 1},
+    "cross": {"kdim": 12, "vdim": 8},
+    "value_head_dim": {"value_head_dim": 6},
+    "out_dim": {"out_dim": 10},
+    "no_bias": {"bias": False},
+    "scale": {"scale": 0.3},
+    "causal_top_left": {"causal": "top_left"},
+    "causal_bottom_right": {"causal": "bottom_right"},
+    "window": {"window": (2, 1)},
+    "softcap": {"softcap": 5.0},
+    "dropout": {"dropout": 0.1},
+}
+
+
+def probe(entry: Entry) -> dict:
+    """{"status": "ok"|"error", "reason": ..., "features": {feature: True | "why not"}}."""
+    try:
+        factory = load_factory(entry)
+    except PluginError as exc:
+        return {"status": "error", "reason": str(exc), "features": {}}
+    features = {}
+    for feature, fields in FEATURE_PROBES.items():
+        try:
+            factory(AttentionSpec(**_BASE, **fields))
+            features[feature] = True
+        except Unsupported as exc:
+            features[feature] = str(exc) or "unsupported"
+        except Exception as exc:  # a broken factory is reported, not fatal
+            features[feature] = f"error: {type(exc).__name__}: {exc}"
+    return {"status": "ok", "reason": None, "features": features}
+
+
+def _probe_group(entries: list[Entry]) -> dict[str, dict]:
+    """Probe entries that share a process key in one subprocess with their environment."""
+    env = {**os.environ, **dict(entries[0].env)}
+    cmd = [sys.executable, "-m", "impls.listing", "--probe", *[e.name for e in entries]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {e.name: {"status": "error", "reason": f"probe process failed: {reason}",
+                         "features": {}} for e in entries}
+
+
+def collect(entries: list[Entry]) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    groups: dict[tuple, list[Entry]] = {}
+    for entry in entries:
+        available, reason = framework_status(entry.framework)
+        if available:
+            groups.setdefault(entry.process_key, []).append(entry)
+        else:
+            results[entry.name] = {"status": "unavailable", "reason": reason, "features": {}}
+    for group in groups.values():
+        results.update(_probe_group(group))
+    return results
+
+
+def _print_table(entries: list[Entry], results: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="attnsuite implementations", show_lines=False)
+    for column in ("name", "framework", "kind", "available", "supports", "not supported"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        result = results[entry.name]
+        features = result["features"]
+        supported = [f for f, ok in features.items() if ok is True]
+        missing = [f for f, ok in features.items() if ok is not True]
+        available = "yes" if result["status"] == "ok" else f"no: {result['reason']}"
+        table.add_row(entry.name, entry.framework, entry.kind, available,
+                      ", ".join(supported), ", ".join(missing))
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attnsuite list", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="implementations to list (default: all registered)")
+    parser.add_argument("--broken", action="store_true", help="include the catalog of broken implementations")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)  # internal: one process group
+    args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps({name: probe(find_entry(name)) for name in args.probe}))
+        return 0
+    try:
+        entries = [find_entry(n) for n in args.names] if args.names else all_entries(args.broken)
+    except PluginError as exc:
+        print(f"attnsuite list: {exc}", file=sys.stderr)
+        return 2
+    results = collect(entries)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _print_table(entries, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Our implementations of the attention spec, one module per framework."""
