@@ -39,8 +39,10 @@ REGISTRY: tuple[Entry, ...] = (
     # Ours: an explicit path that reads like the math, and a fused path on the fastest kernel.
     _e("torch.explicit", "torch", "impls.ours.torch:explicit", "ours, explicit math"),
     _e("torch.fused", "torch", "impls.ours.torch:fused", "ours, on scaled_dot_product_attention"),
-    _e("tensorflow.explicit", "tensorflow", "impls.ours.tensorflow:explicit", "ours, explicit math"),
-    _e("tensorflow.fused", "tensorflow", "impls.ours.tensorflow:fused", "ours, on the fused Keras/TF op"),
+    _e("tensorflow.explicit", "tensorflow", "impls.ours.tensorflow:explicit", "ours, explicit math",
+       KERAS_BACKEND="tensorflow"),
+    _e("tensorflow.fused", "tensorflow", "impls.ours.tensorflow:fused", "ours, on keras.ops.dot_product_attention",
+       KERAS_BACKEND="tensorflow"),
     _e("jax.explicit", "jax", "impls.ours.jax:explicit", "ours, explicit math"),
     _e("jax.fused", "jax", "impls.ours.jax:fused", "ours, on jax.nn.dot_product_attention"),
     # Each framework's built-in layers, with their real semantics.
