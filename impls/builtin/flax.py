@@ -1,0 +1,95 @@
+"""flax's attention layers behind the suite's contract, with their own semantics.
+
+Each factory builds the layer from the spec and converts the canonical params to the
+layer's tree inside ``fn`` (``impls.convert.flax``), so ``jax.vjp`` reaches the canonical
+params through the conversion. Every feature goes through the layer's own option: the
+mask argument (True = attend), causal masking as flax offers it, ``deterministic`` and
+its dropout. What the layer has no option for raises ``Unsupported``; what it does
+with a fully masked row is left for the suite to see.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from impls.convert.flax import to_linen, to_nnx
+from impls.errors import Unsupported
+from impls.spec import AttentionSpec
+
+
+def _require_common(spec: AttentionSpec, layer: str) -> None:
+    """What neither flax layer can express."""
+    reasons = [
+        (spec.d_v != spec.d_k, "one head size for query, key and value (value_head_dim)"),
+        (spec.scale is not None and not math.isclose(spec.scale, 1 / math.sqrt(spec.d_k)),
+         "no scale option: logits are always scaled by 1/sqrt(head_dim)"),
+        (spec.softcap is not None, "no logit softcap"),
+        (spec.window is not None, "no sliding-window option"),
+        (spec.causal == "bottom_right", "no bottom-right causal alignment"),
+    ]
+    for failing, why in reasons:
+        if failing:
+            raise Unsupported(f"{layer}: {why}")
+
+
+def _no_bias(layer: str, bias) -> None:
+    if bias is not None:
+        raise Unsupported(f"{layer}: the layer takes no additive attention bias")
+
+
+def _as_4d(mask):
+    """The layers document masks as (batch, heads, L_q, L_k)."""
+    return mask if mask is None or mask.ndim == 4 else mask[None, None]
+
+
+def linen_mha(spec: AttentionSpec):
+    name = "flax.linen.MultiHeadDotProductAttention"
+    _require_common(spec, name)
+    if spec.H_kv != spec.H:
+        raise Unsupported(f"{name}: no grouped-query or multi-query attention (num_kv_heads)")
+    layer = nn.MultiHeadDotProductAttention(
+        num_heads=spec.H, qkv_features=spec.H * spec.d_k, out_features=spec.E_o,
+        use_bias=spec.bias, dropout_rate=spec.dropout)
+
+    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
+        _no_bias(name, bias)
+        mask = _as_4d(mask)
+        if spec.causal == "top_left":  # linen's causal masking is a mask flax builds for you
+            positions = (jnp.arange(query.shape[1]), jnp.arange(key.shape[1]))
+            causal = nn.make_attention_mask(*positions, jnp.greater_equal, extra_batch_dims=1,
+                                            dtype=jnp.bool_)
+            mask = nn.combine_masks(mask, causal, dtype=jnp.bool_)
+        rngs = {"dropout": jax.random.key(seed)} if training and spec.dropout > 0 else {}
+        return layer.apply({"params": to_linen(spec, params)}, query, key, value, mask=mask,
+                           deterministic=not training, rngs=rngs)
+
+    return fn
+
+
+def nnx_mha(spec: AttentionSpec):
+    name = "flax.nnx.MultiHeadAttention"
+    _require_common(spec, name)
+    if spec.E_k != spec.E_v:
+        raise Unsupported(f"{name}: key and value share one input size (in_kv_features)")
+    # Only the layer's structure is needed (fn brings the params): eval_shape skips
+    # drawing initial weights. Dropout draws from the rngs passed at each call.
+    layer = nnx.eval_shape(lambda: nnx.MultiHeadAttention(
+        num_heads=spec.H, in_features=spec.E, qkv_features=spec.H * spec.d_k,
+        out_features=spec.E_o, num_kv_heads=spec.H_kv, in_kv_features=spec.E_k,
+        use_bias=spec.bias, dropout_rate=spec.dropout, decode=False, rngs=nnx.Rngs(0),
+        keep_rngs=False))
+    graphdef, param_state, other_state = nnx.split(layer, nnx.Param, ...)
+
+    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
+        _no_bias(name, bias)
+        module = nnx.merge(graphdef, to_nnx(spec, params, param_state), other_state)
+        rngs = nnx.Rngs(dropout=seed) if training and spec.dropout > 0 else None
+        return module(query, key, value, mask=_as_4d(mask), deterministic=not training,
+                      is_causal=spec.causal == "top_left", rngs=rngs)
+
+    return fn
