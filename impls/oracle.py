@@ -234,7 +234,7 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
 
     # P = softmax(S) over visible keys: dS = P * (dP - sum_j dP_j P_j).
     # Invisible keys and empty rows have P = 0, so no gradient flows through them.
-    d_probs -= (d_probs * fwd.probs).sum(axis=-1, keepdims=True)
+    d_probs -= np.einsum("...j,...j->...", d_probs, fwd.probs)[..., None]
     d_logits = r(np.multiply(d_probs, fwd.probs, out=d_probs))
     if fwd.tanh is not None:                                        # S' = c * tanh(S / c)
         d_logits = r(d_logits * (1.0 - fwd.tanh ** 2))

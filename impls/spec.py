@@ -128,11 +128,10 @@ class AttentionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that differ from their defaults (what a user would write)."""
-        defaults = AttentionSpec(d_model=self.d_model, num_heads=self.num_heads)
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("d_model", "num_heads") or value != getattr(defaults, f.name):
+            if f.default is dataclasses.MISSING or value != f.default:
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
