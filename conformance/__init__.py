@@ -1,0 +1,11 @@
+"""The conformance gate: every implementation judged against the float64 oracle.
+
+- ``cases``: the seeded case catalog (profiles quick, default, full) and a hypothesis strategy;
+- ``tolerance``: the comparison rule of SPEC section 6, in one place;
+- ``checks``: one implementation on one case -> ``CheckResult``s (output, gradients,
+  rows with no visible key, stateless, deterministic, dropout);
+- ``runner``: ``check(impls, profile=...)``, in this process or one worker per framework;
+- ``report``: conformance.json/.md/.html and JUnit XML, written atomically;
+- ``weights``: the ``--weights`` file format; ``xfails``: the ``--xfails`` file format;
+- ``cli``: ``attnsuite check``; ``conftest.py`` + ``test_conformance.py``: the pytest face.
+"""

@@ -1,0 +1,140 @@
+"""``conformance.runner.check``: verdicts, statuses and tags on NumPy implementations,
+the failure modes of plug-ins, and the same answers in one process or in workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.runner import check
+
+P = "numpy:tests.plugins.numpy_impls:"
+F32 = ["float32"]
+
+
+def _by_name(result):
+    return {impl.name: impl for impl in result.implementations}
+
+
+def test_oracle_passes_quick_with_every_check_family():
+    result = check(["numpy.oracle"], profile="quick")
+    impl = result.implementations[0]
+    assert result.ok and result.exit_code == 0
+    assert (impl.name, impl.verdict, impl.reason) == ("numpy.oracle", "pass", None)
+    checks = {r.check for r in impl.results}
+    assert {"output", "grad.query", "grad.key", "grad.value", "grad.wq", "grad.bk", "grad.bo",
+            "fully_masked", "stateless", "deterministic", "dropout"} <= checks
+    statuses = {r.status for r in impl.results}
+    assert statuses <= {"pass", "unsupported"}
+    # NumPy runs no half types, and the oracle takes no training keyword: unsupported, not failed.
+    assert all(r.status == "unsupported" for r in impl.results
+               if "float16" in r.tags or "bfloat16" in r.tags or r.check == "dropout")
+    assert all(isinstance(r.tags, tuple) and r.tags for r in impl.results)
+
+
+def test_failure_modes_are_reported_and_every_other_implementation_judged():
+    names = ["numpy:tests.plugins.broken_import:factory", P + "raises", P + "factory_raises",
+             P + "wrong_shape", P + "returns_nan", "numpy.oracle", P + "correct"]
+    result = check(names, profile="quick", dtypes=F32)
+    impls = _by_name(result)
+    assert [i.name for i in result.implementations] == names
+    assert not result.ok and result.exit_code == 1
+
+    broken = impls[names[0]]
+    assert broken.verdict == "error" and "attnsuite_no_such_dependency" in broken.reason
+    assert broken.results == []
+    for name, status, text in [(P + "raises", "error", "RuntimeError: boom"),
+                               (P + "factory_raises", "error", "factory"),
+                               (P + "wrong_shape", "fail", "shape"),
+                               (P + "returns_nan", "fail", "non-finite")]:
+        impl = impls[name]
+        output = [r for r in impl.results if r.check == "output"]
+        assert impl.verdict == "fail" and impl.reason is None, name
+        assert output and all(r.status == status and text in r.message for r in output), name
+    for name in ("numpy.oracle", P + "correct"):
+        assert impls[name].verdict == "pass", [r.message for r in impls[name].failures()]
+
+
+def test_failure_message_names_case_worst_element_bound_and_repro():
+    result = check([P + "wrong_key_grad"], profile="quick", dtypes=F32)
+    failures = result.implementations[0].failures()
+    # Self-attention's one input gets the sum of the three gradients, the key's included.
+    assert failures and {r.check for r in failures} == {"grad.key", "grad.query"}
+    assert all("self_attention" in r.tags for r in failures if r.check == "grad.query")
+    message = failures[0].message
+    case_id = failures[0].case_id
+    for piece in (f"{P}wrong_key_grad :: {case_id} :: grad.key: FAIL", "AttentionSpec(", "seed=",
+                  "mask=", "worst element [", "got", "expected", "bound",
+                  f"reproduce: attnsuite check {P}wrong_key_grad --case {case_id}"):
+        assert piece in message, f"{piece!r} not in\n{message}"
+
+
+def test_unsupported_is_not_failure():
+    result = check([P + "unsupported_gqa"], profile="quick", dtypes=F32)
+    impl = result.implementations[0]
+    assert impl.verdict == "pass"
+    grouped = [r for r in impl.results if "gqa" in r.tags or "mqa" in r.tags]
+    assert grouped and all(r.status == "unsupported" and "no grouped-query" in r.message
+                           for r in grouped)
+    assert all(r.status == "pass" for r in impl.results if r not in grouped and r.check != "dropout")
+
+
+def test_case_filter_by_id_pattern_and_predicate():
+    one = "mha2-E8-B2-Lq5-Lk7-mask_head-float32"     # a default-profile case, run from quick
+    result = check(["numpy.oracle"], profile="quick", case_filter=one)
+    assert {r.case_id for r in result.implementations[0].results} == {one}
+    result = check(["numpy.oracle"], profile="quick", case_filter="*stress*")
+    assert {c.id for c in result.cases} and all("stress" in c.id for c in result.cases)
+    result = check(["numpy.oracle"], profile="quick", case_filter=lambda c: "gqa" in c.tags)
+    assert result.cases and all("gqa" in c.tags for c in result.cases)
+    with pytest.raises(ValueError, match="not in the catalog"):
+        check(["numpy.oracle"], case_filter="no-such-case")
+
+
+def test_isolated_workers_give_the_same_results():
+    names = [P + "wrong_key_grad", "numpy.oracle", "numpy:tests.plugins.broken_import:factory"]
+    here = check(names, profile="quick", dtypes=F32)
+    isolated = check(names, profile="quick", dtypes=F32, isolate=True)
+    for a, b in zip(here.implementations, isolated.implementations):
+        assert (a.name, a.verdict, a.reason) == (b.name, b.verdict, b.reason)
+        assert [(r.case_id, r.check, r.status, r.message, r.tags) for r in a.results] == \
+               [(r.case_id, r.check, r.status, r.message, r.tags) for r in b.results], a.name
+
+
+def test_xfails_turn_failures_into_xfail_and_passes_into_xpass():
+    lines = [
+        f"{P}wrong_key_grad::*::grad.key   # known: the key gradient is off by 1%",
+        f"{P}wrong_key_grad::*-self-*::grad.query  # self-attention sums the key gradient in",
+        f"{P}wrong_key_grad::*::output     # wrongly expected to fail",
+        "# a comment line", "",
+        "torch.nothing::*                  # matches nothing in this run",
+    ]
+    result = check([P + "wrong_key_grad"], profile="quick", dtypes=F32, xfails=lines)
+    impl = result.implementations[0]
+    assert impl.verdict == "pass", [r.message for r in impl.failures()]
+    xfail = [r for r in impl.results if r.status == "xfail"]
+    xpass = [r for r in impl.results if r.status == "xpass"]
+    assert xfail and {r.check for r in xfail} == {"grad.key", "grad.query"}
+    assert all("self_attention" in r.tags for r in xfail if r.check == "grad.query")
+    assert all("known: the key gradient is off by 1%" in r.message for r in xfail
+               if r.check == "grad.key")
+    assert xpass and {r.check for r in xpass} == {"output"} and "XPASS" in xpass[0].message
+    assert len(result.warnings) == 1 and "torch.nothing::*" in result.warnings[0]
+
+
+def test_xfails_file_and_its_errors(tmp_path):
+    path = tmp_path / "xfails.txt"
+    path.write_text(f"{P}returns_nan::*::output  # NaN everywhere\n")
+    impl = check([P + "returns_nan"], profile="quick", dtypes=F32, xfails=path).implementations[0]
+    assert {r.status for r in impl.results if r.check == "output"} == {"xfail"}
+    with pytest.raises(ValueError, match="no-such-file"):
+        check(["numpy.oracle"], xfails=tmp_path / "no-such-file")
+    path.write_text("two patterns on one line  # reason\n")
+    with pytest.raises(ValueError, match="xfails.txt:1"):
+        check(["numpy.oracle"], xfails=path)
+
+
+def test_a_crashing_worker_is_an_error_with_its_exit_code():
+    result = check([P + "exits_process"], profile="quick", dtypes=F32, isolate=True)
+    impl = result.implementations[0]
+    assert impl.verdict == "error" and "exit code 3" in impl.reason, impl.reason
+    assert result.exit_code == 1
