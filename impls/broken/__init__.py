@@ -1,0 +1,159 @@
+"""The catalog of deliberately broken implementations, and what must catch each.
+
+The suite is only as good as the bugs it catches. Each entry names a factory in
+``impls.broken.{tensorflow,torch,jax}`` that gets one thing wrong the way a person
+plausibly would, and an ``Expect``: the conformance gate must fail (or error) on it with
+a failing check that matches ``checks``, in a case whose tags match ``tags``.
+``tests/test_broken_catalog.py`` runs the gate on every entry and holds it to that.
+
+Importing this module imports no framework: ``BROKEN`` is a tuple of registry entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from impls.registry import Entry
+
+
+CATEGORIES = {
+    "tutorial": "a bug of the classic tutorial TensorFlow layer",
+    "gradient": "only the gradients show it",
+    "case": "only some cases show it",
+    "layout": "head and scale bookkeeping",
+    "state": "hidden state between calls",
+    "precision": "part of the work done in the wrong dtype",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """What the gate must report for one broken implementation.
+
+    checks: fnmatch patterns over check names ("output", "grad.*", "stateless", ...); some
+        failing (or erroring) result must match one of them.
+    tags: fnmatch patterns over case tags; that failing result's case must match each,
+        for a bug that only some cases can show.
+    only_in: where the bug lies only in some cases, the truth that every failing result
+        carries one of these tags (empty: no claim).
+    forward_clean: the bug is invisible in the forward pass: every "output" check passes.
+    strict: needs the strict rule for rows with no visible key (SPEC 3), outside which
+        what such rows do is reported as a behaviour, not judged.
+    """
+    category: str
+    checks: tuple[str, ...]
+    reason: str
+    tags: tuple[str, ...] = ()
+    only_in: tuple[str, ...] = ()
+    forward_clean: bool = False
+    strict: bool = False
+
+
+# Every case with a mask (an all-True one too: adding −1e9 to every logit swamps them).
+MASKED = ("mask_all_visible", "mask_random", "mask_key_padding", "mask_2d", "mask_batch",
+          "mask_head", "mask_fully_masked_rows")
+OUTPUT, GRADS, ANY_NUMERIC = ("output",), ("grad.*",), ("output", "grad.*")
+
+
+def _rows():
+    """(framework, factory, what is wrong, Expect), one per bug."""
+    tf, torch, jax = "tensorflow", "torch", "jax"
+    return [
+        # The classic tutorial layer, one bug at a time.
+        (tf, "output_p_times_v_transposed", "output written as P·Vᵀ",
+         Expect("tutorial", ANY_NUMERIC, "P·Vᵀ is the wrong product: a shape error, or wrong "
+                "values where L_k == d_v")),
+        (tf, "own_position_excluded", "each query's own key position excluded",
+         Expect("tutorial", OUTPUT, "every row loses the weight of key j == i")),
+        (tf, "projections_sized_d_k", "projections sized d_k, heads split as num_heads·d_k",
+         Expect("tutorial", ANY_NUMERIC, "the reshape folds the sequence into heads: a shape "
+                "error or garbage")),
+        (tf, "heads_merged_without_batch", "heads merged into (B·L_q, H·d_v), dropping the batch",
+         Expect("tutorial", OUTPUT, "the output has shape (B·L_q, E_o)")),
+        (tf, "dropout_at_inference", "dropout applied in inference mode",
+         Expect("tutorial", OUTPUT, "a spec with dropout > 0 judged in inference mode drops weights",
+                tags=("dropout",), only_in=("dropout",))),
+        (tf, "mask_polarity_inverted", "mask added as mask·(−1e9): True drops the key",
+         Expect("tutorial", OUTPUT, "the keys a True mask keeps get −1e9", tags=("mask_random",),
+                only_in=MASKED)),
+        (tf, "scale_as_float32_tensor", "scale built as a float32 tensor",
+         Expect("tutorial", ANY_NUMERIC, "TensorFlow refuses to multiply a float64, float16 or "
+                "bfloat16 tensor by a float32 one", tags=("float64",),
+                only_in=("float64", "float16", "bfloat16"))),
+        # Only gradients can show these.
+        (tf, "custom_gradient_forgets_scale", "tf.custom_gradient for scale·QKᵀ without the scale",
+         Expect("gradient", GRADS, "dQ and dK are 1/scale times too large", forward_clean=True)),
+        (torch, "softmax_detached", "attention weights used through .detach()",
+         Expect("gradient", GRADS, "no gradient reaches Q or K through the softmax",
+                forward_clean=True)),
+        (torch, "softcap_backward_missing_square", "softcap backward with 1 − tanh, not 1 − tanh²",
+         Expect("gradient", GRADS, "the softcap's derivative is wrong wherever tanh != 0",
+                tags=("softcap",), only_in=("softcap",), forward_clean=True)),
+        (jax, "softmax_vjp_diagonal_only", "jax.custom_vjp softmax with only p(1 − p) in its backward",
+         Expect("gradient", GRADS, "the −p_i·p_j terms of the softmax Jacobian are missing",
+                forward_clean=True)),
+        (jax, "fully_masked_rows_nan_gradient", "additive −inf mask, NaN rows zeroed after the softmax",
+         Expect("gradient", GRADS, "the forward is right, but the NaN of rows with no visible key "
+                "reaches every gradient", tags=("fully_masked",), only_in=("fully_masked",),
+                forward_clean=True, strict=True)),
+        # Only some cases can show these.
+        (torch, "gqa_heads_tiled", "grouped kv heads tiled instead of repeated",
+         Expect("case", OUTPUT, "query head h reads kv head h % H_kv instead of h // group_size; "
+                "MQA and MHA cannot tell the two apart", tags=("gqa",), only_in=("gqa",))),
+        (jax, "bottom_right_as_top_left", "causal rule always aligned top-left",
+         Expect("case", OUTPUT, "bottom_right differs from top_left only when L_q != L_k",
+                tags=("causal_bottom_right",), only_in=("causal_bottom_right",))),
+        (tf, "window_off_by_one", "sliding window's left edge written with >",
+         Expect("case", OUTPUT, "key i − left is dropped", tags=("window",), only_in=("window",))),
+        (torch, "mask_fill_leaks", "masked logits filled with a finite −15",
+         Expect("case", OUTPUT, "masked keys keep a weight near e^−15: visible behind huge values",
+                tags=("stress_masked_huge_values",))),
+        (tf, "softcap_after_mask", "softcap applied after the bias and the mask",
+         Expect("case", OUTPUT, "the bias is capped too, and masked keys come back at −c",
+                tags=("softcap",), only_in=("softcap",))),
+        (jax, "softmax_without_max_subtraction", "softmax without subtracting the row max",
+         Expect("case", OUTPUT, "exp overflows on logits past log(max finite)",
+                tags=("stress_large_logits",), only_in=("stress_large_logits",))),
+        (jax, "custom_scale_ignored", "spec's custom scale ignored",
+         Expect("case", OUTPUT, "only a case with a custom scale differs", tags=("custom_scale",),
+                only_in=("custom_scale",))),
+        (jax, "output_bias_dropped", "output projection's bias bo dropped",
+         Expect("case", OUTPUT, "every output row is off by bo", tags=("proj_bias",),
+                only_in=("proj_bias",))),
+        # Head and scale bookkeeping.
+        (torch, "heads_merged_without_transpose", "heads merged by reshape without moving H back",
+         Expect("layout", OUTPUT, "rows of different heads and positions are interleaved")),
+        (torch, "scale_one_over_d_k", "logits scaled by 1/d_k",
+         Expect("layout", OUTPUT, "1/d_k instead of 1/sqrt(d_k)")),
+        # Hidden state.
+        (torch, "kv_cache_never_reset", "decoding KV cache appended to by every call",
+         Expect("state", ("stateless", "deterministic"), "a second call attends to the first "
+                "call's keys too")),
+        (torch, "kv_cache_keyed_on_shape", "projected K/V cached by input shape",
+         Expect("state", ("stateless",), "a later call with new inputs of the same shapes gets "
+                "the first call's K/V")),
+        # Precision.
+        (tf, "softmax_in_float32", "softmax computed in float32 whatever the dtype",
+         Expect("precision", OUTPUT, "float64 results carry float32 rounding (~1e-7)",
+                tags=("float64",), only_in=("float64",))),
+        (torch, "probs_in_half_precision", "attention weights stored in float16",
+         Expect("precision", OUTPUT, "float32 results carry float16 rounding (~5e-4), and "
+                "gradients behind huge values overflow float16's range", tags=("float32",),
+                only_in=("float32", "float64", "stress_masked_huge_values"))),
+        (jax, "softmax_sum_in_float16", "softmax denominator accumulated in float16",
+         Expect("precision", OUTPUT, "float32 results carry float16 rounding of the row sums",
+                tags=("float32",), only_in=("float32", "float64"))),
+    ]
+
+
+def _catalog() -> tuple[tuple[Entry, ...], dict[str, Expect]]:
+    entries, caught_by = [], {}
+    for framework, factory, what, expect in _rows():
+        name = f"broken.{framework}.{factory}"
+        entries.append(Entry(name, framework, f"impls.broken.{framework}:{factory}",
+                             f"broken: {what}", kind="broken"))
+        caught_by[name] = expect
+    return tuple(entries), caught_by
+
+
+BROKEN, CAUGHT_BY = _catalog()

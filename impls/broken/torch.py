@@ -1,0 +1,237 @@
+"""Broken PyTorch implementations: bugs in head bookkeeping, masking, gradients and state.
+
+``Attention`` is a correct module-free layer in plain torch ops, one method per step;
+each factory below returns a subclass that gets exactly one step wrong, in the code a
+person would plausibly write. The catalog (``impls.broken``) says which check must
+catch each.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class Attention:
+    """SPEC section 3 in PyTorch, split into the steps a bug can hide in."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def __call__(self, params, query, key, value, mask=None, bias=None, training=False, seed=None):
+        s = self.spec
+        q = self.split_heads(self.project(query, params, "q"), s.H)
+        k, v = self.keys_values(params, key, value)
+        logits = self.logits(q, k)
+        if bias is not None:
+            logits = logits + bias
+        logits = self.masked(logits, mask, self.structural_mask(q.shape[-2], k.shape[-2], q.device))
+        # Half precision runs the softmax in float32, as fused kernels do.
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        probs = self.dropout(self.softmax(logits.to(wide)).to(logits.dtype), training, seed)
+        return self.project(self.merge_heads(self.combine(probs, v)), params, "o")
+
+    def project(self, x, params, name):
+        y = x @ params["w" + name]
+        return y + params["b" + name] if self.spec.bias else y
+
+    def keys_values(self, params, key, value):
+        """K and V split into heads, each kv head repeated for the query heads that read it."""
+        s = self.spec
+        k = self.split_heads(self.project(key, params, "k"), s.H_kv)
+        v = self.split_heads(self.project(value, params, "v"), s.H_kv)
+        return self.expand_kv(k), self.expand_kv(v)
+
+    def split_heads(self, x, heads):
+        """(B, L, heads*d) -> (B, heads, L, d)."""
+        B, L, width = x.shape
+        return x.view(B, L, heads, width // heads).transpose(1, 2)
+
+    def merge_heads(self, x):
+        """(B, H, L, d_v) -> (B, L, H*d_v)."""
+        B, H, L, d = x.shape
+        return x.transpose(1, 2).reshape(B, L, H * d)
+
+    def expand_kv(self, x):
+        """Query head h reads key/value head h // group_size."""
+        return x.repeat_interleave(self.spec.group_size, dim=1)
+
+    def logits(self, q, k):
+        return self.softcap(q @ k.transpose(-2, -1) * self.spec.logit_scale)
+
+    def softcap(self, s):
+        c = self.spec.softcap
+        return s if c is None else c * torch.tanh(s / c)
+
+    def structural_mask(self, L_q, L_k, device):
+        """(L_q, L_k) bool: the causal and window rules (True = visible)."""
+        s = self.spec
+        i = torch.arange(L_q, device=device)[:, None]
+        j = torch.arange(L_k, device=device)[None, :]
+        if s.causal == "bottom_right":
+            i = i + (L_k - L_q)
+        visible = torch.ones(L_q, L_k, dtype=torch.bool, device=device)
+        if s.causal is not None:
+            visible &= j <= i
+        if s.window is not None:
+            left, right = s.window
+            visible &= (j - i >= -left) & (j - i <= right)
+        return visible
+
+    def masked(self, logits, mask, visible):
+        """Invisible keys' logits set to -inf (mask: True = may attend)."""
+        if mask is not None:
+            visible = visible & mask
+        return logits.masked_fill(~visible, -math.inf)
+
+    def softmax(self, logits):
+        """Softmax over each row's finite logits; a row with none (fully masked) is zeros."""
+        row_max = logits.amax(dim=-1, keepdim=True).detach()
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        e = torch.exp(logits - row_max)
+        total = e.sum(dim=-1, keepdim=True)
+        return e / torch.where(total > 0, total, torch.ones_like(total))
+
+    def dropout(self, probs, training, seed):
+        if not training or self.spec.dropout == 0:
+            return probs
+        generator = torch.Generator(device=probs.device).manual_seed(seed or 0)
+        keep = torch.rand(probs.shape, generator=generator, device=probs.device) >= self.spec.dropout
+        return torch.where(keep, probs / (1 - self.spec.dropout), torch.zeros_like(probs))
+
+    def combine(self, probs, v):
+        return probs @ v
+
+
+# --- Head bookkeeping -------------------------------------------------------------------
+
+def heads_merged_without_transpose(spec):
+    """Heads merged by reshaping (B, H, L, d_v) straight to (B, L, H·d_v), without moving H back."""
+
+    class Layer(Attention):
+        def merge_heads(self, x):
+            B, H, L, d = x.shape
+            return x.reshape(B, L, H * d)
+
+    return Layer(spec)
+
+
+def gqa_heads_tiled(spec):
+    """Grouped key/value heads tiled (h % H_kv) instead of repeated (h // group_size)."""
+
+    class Layer(Attention):
+        def expand_kv(self, x):
+            return x.repeat(1, self.spec.group_size, 1, 1)
+
+    return Layer(spec)
+
+
+def scale_one_over_d_k(spec):
+    """Logits divided by d_k instead of sqrt(d_k)."""
+
+    class Layer(Attention):
+        def logits(self, q, k):
+            return self.softcap(q @ k.transpose(-2, -1) / self.spec.d_k)
+
+    return Layer(spec)
+
+
+# --- Masking ----------------------------------------------------------------------------
+
+def mask_fill_leaks(spec):
+    """Masked logits filled with a finite −15 "to avoid NaN": e^−15 looked like zero."""
+
+    class Layer(Attention):
+        def masked(self, logits, mask, visible):
+            if mask is not None:
+                visible = visible & mask
+            return logits.masked_fill(~visible, -15.0)
+
+    return Layer(spec)
+
+
+# --- Bugs only gradients reveal -----------------------------------------------------------
+
+class _SoftcapWrongBackward(torch.autograd.Function):
+    """c·tanh(s/c), with a backward that uses 1 - tanh instead of 1 - tanh²."""
+
+    @staticmethod
+    def forward(ctx, s, c):
+        t = torch.tanh(s / c)
+        ctx.save_for_backward(t)
+        return c * t
+
+    @staticmethod
+    def backward(ctx, grad):
+        (t,) = ctx.saved_tensors
+        return grad * (1 - t), None
+
+
+def softcap_backward_missing_square(spec):
+    """A torch.autograd.Function softcap whose backward multiplies by 1 − tanh, not 1 − tanh²."""
+
+    class Layer(Attention):
+        def softcap(self, s):
+            c = self.spec.softcap
+            return s if c is None else _SoftcapWrongBackward.apply(s, c)
+
+    return Layer(spec)
+
+
+def softmax_detached(spec):
+    """The attention weights kept for plotting with .detach(), and the detached copy used."""
+
+    class Layer(Attention):
+        def softmax(self, logits):
+            self.last_attention = super().softmax(logits).detach()
+            return self.last_attention
+
+    return Layer(spec)
+
+
+# --- State and precision ------------------------------------------------------------------
+
+def kv_cache_keyed_on_shape(spec):
+    """Projected K/V cached by input shape, so a later call with new keys and values reuses old ones."""
+
+    class Layer(Attention):
+        def __init__(self, spec):
+            super().__init__(spec)
+            self.cache = {}
+
+        def keys_values(self, params, key, value):
+            shape = (tuple(key.shape), tuple(value.shape))
+            if shape not in self.cache:
+                self.cache[shape] = super().keys_values(params, key, value)
+            return self.cache[shape]
+
+    return Layer(spec)
+
+
+def kv_cache_never_reset(spec):
+    """A decoding KV cache every call appends to and nothing resets: calls see earlier calls' keys."""
+
+    class Layer(Attention):
+        def __init__(self, spec):
+            super().__init__(spec)
+            self.past = None
+
+        def keys_values(self, params, key, value):
+            k, v = super().keys_values(params, key, value)
+            if self.past is not None:
+                k, v = torch.cat([self.past[0], k], dim=2), torch.cat([self.past[1], v], dim=2)
+            self.past = (k, v)
+            return k, v
+
+    return Layer(spec)
+
+
+def probs_in_half_precision(spec):
+    """The attention weights stored in float16 to save memory, whatever the compute dtype."""
+
+    class Layer(Attention):
+        def combine(self, probs, v):
+            return probs.half().to(v.dtype) @ v
+
+    return Layer(spec)
