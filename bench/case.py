@@ -1,0 +1,97 @@
+"""One implementation on one configuration, ready to time: the harness's worker, the
+pytest-benchmark tests and the agreement check all build their calls here, so they time
+the very same call.
+
+Weights and inputs are seeded NumPy arrays converted once by the framework's adapter
+(``params``/``tensor``): nothing is converted inside the timed region.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+
+from bench import frameworks
+from bench.sweeps import Config
+from impls.backends import load_backend
+from impls.registry import Entry, resolve
+from impls.spec import AttentionSpec
+from impls.weights import init_weights
+
+
+def input_arrays(spec: AttentionSpec, config: Config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Unit-normal query/key/value and output cotangent; self-attention reuses the query."""
+    rng = np.random.default_rng(seed)
+    c = config
+    query = rng.standard_normal((c.batch, c.L_q, spec.E))
+    if c.self_attention:
+        key = value = query
+    else:
+        key = rng.standard_normal((c.batch, c.L_k, spec.E_k))
+        value = rng.standard_normal((c.batch, c.L_k, spec.E_v))
+    return {"query": query, "key": key, "value": value,
+            "d_out": rng.standard_normal((c.batch, c.L_q, spec.E_o))}
+
+
+@dataclasses.dataclass
+class Case:
+    entry: Entry
+    config: Config
+    spec: AttentionSpec
+    fn: Callable
+    params: dict
+    inputs: dict[str, Any]
+    fw: ModuleType       # bench.frameworks.<framework>
+
+    def prepare(self, pass_: str, compile: str):
+        """(call, block) for ``pass_`` ("forward" / "forward_backward") in ``compile`` mode."""
+        return self.fw.prepare(self.fn, self.params, self.inputs, pass_, compile)
+
+    def count_params(self) -> tuple[int, str]:
+        """(count, source): the variables of the layer the implementation holds
+        (``"layer"``), else the canonical params it is handed (``"params"``).
+
+        The layer is ``fn.layer``, one found in ``fn``'s closure (the built-in adapters),
+        or for our implementations the module's ``MultiHeadAttention(spec)`` class. Call
+        after a first call: Keras layers create their weights lazily.
+        """
+        layer = frameworks.find_layer(self.fn, self.fw.is_layer)
+        if layer is None:
+            layer = self._our_layer()
+        if layer is None:
+            return frameworks.params_count(self.params), "params"
+        return self.fw.layer_params(layer, self.inputs), "layer"
+
+    def _our_layer(self):
+        if self.entry.kind != "ours":
+            return None
+        module = importlib.import_module(self.entry.target.split(":")[0])
+        layer_class = getattr(module, "MultiHeadAttention", None)
+        return layer_class(self.spec) if layer_class is not None else None
+
+
+def build(impl: str | tuple[Entry, Callable], config: Config) -> Case:
+    """Resolve ``impl`` (a name, or an already resolved (entry, factory)) and build the case.
+
+    Raises ``PluginError`` for a name that does not resolve and ``Unsupported`` for a case
+    the implementation or the adapter declines.
+    """
+    entry, factory = resolve(impl) if isinstance(impl, str) else impl
+    backend = load_backend(entry.framework)
+    spec = config.spec()
+    fn = factory(spec)
+    arrays = input_arrays(spec, config)
+    c = config
+    query = backend.tensor(arrays["query"], c.dtype, c.device)
+    if c.self_attention:
+        key = value = query
+    else:
+        key, value = (backend.tensor(arrays[name], c.dtype, c.device) for name in ("key", "value"))
+    inputs = {"query": query, "key": key, "value": value,
+              "d_out": backend.tensor(arrays["d_out"], c.dtype, c.device)}
+    params = backend.params(init_weights(spec, seed=0), c.dtype, c.device)
+    return Case(entry, config, spec, fn, params, inputs, frameworks.load(entry.framework))

@@ -1,0 +1,42 @@
+"""The shape of one measurement record (one line of ``bench.json``).
+
+A record is one implementation × configuration × compile mode × pass. Its ``status``
+is ``ok`` (timed), ``unsupported`` (the implementation or framework declined the case),
+``unavailable`` (framework not installed), ``error`` (it raised, or is not written yet),
+``oom``, ``timeout`` (killed past the point's time limit), ``over_budget`` (skipped: a
+smaller size predicts it would not fit), or ``crashed`` (its process died). Only ``ok``
+records carry timings; every record carries its environment.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from bench.sweeps import Point
+
+STATUSES = ("ok", "unsupported", "unavailable", "error", "oom", "timeout", "over_budget", "crashed")
+
+
+def new_record(point: Point, pass_: str, status: str, *, run_id: str, env: dict[str, Any],
+               framework: str, kind: str | None = None, reason: str | None = None,
+               **measured: Any) -> dict[str, Any]:
+    if status not in STATUSES:
+        raise ValueError(f"status: expected one of {STATUSES}, got {status!r}")
+    return {
+        "record_id": uuid.uuid4().hex,
+        "run_id": run_id,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": env.get("machine"),
+        "impl": point.impl,
+        "framework": framework,
+        "kind": kind,
+        "compile": point.compile,
+        "pass": pass_,
+        **point.config.to_dict(),
+        "status": status,
+        "reason": reason,
+        **measured,
+        "env": env,
+    }

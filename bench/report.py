@@ -1,0 +1,251 @@
+"""Reports from one or more stores: bench.csv, bench.md, bench.html and PNG plots.
+
+Every row keeps the machine it was measured on, so the stores of several machines merge
+into one report (``attnsuite report DIR DIR ... --out DIR``). Every file is written
+atomically: a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import io
+import math
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import pandas as pd  # noqa: E402
+
+from bench import store  # noqa: E402
+from bench.flops import FORMULA_VERSION, PASSES  # noqa: E402
+
+REPORT_FILES = ("bench.json", "bench.csv", "bench.md", "bench.html",
+                "latency.png", "throughput.png", "params.png")
+CONFIG_COLUMNS = ["batch", "L_q", "L_k", "d_model", "heads", "kv_heads", "dtype", "causal", "device"]
+# Everything but the lengths: one plotted line per series.
+FRAMEWORK_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "flax")
+SERIES_COLUMNS = ["machine", "impl", "compile", "batch", "d_model", "heads", "kv_heads", "dtype",
+                  "causal", "device"]
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record; the environment flattened into a few columns."""
+    rows = []
+    for record in records:
+        env = record.get("env") or {}
+        framework = env.get("framework") or {}
+        row = {k: v for k, v in record.items() if k != "env"}
+        versions = env.get("versions") or {}
+        row.update(cpu=env.get("cpu"), cpus=env.get("cpus_usable"), threads_cap=env.get("threads"),
+                   load_avg=env.get("load_avg_1min"),
+                   gpu=", ".join(g.get("name", "?") for g in env.get("gpus") or []) or None,
+                   framework_version=framework.get("version"),
+                   versions=", ".join(f"{k} {versions[k]}" for k in FRAMEWORK_PACKAGES if k in versions),
+                   commit=(env.get("git") or {}).get("commit"))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for column in ("median_s", "q1_s", "q3_s", "iqr_s", "flops_per_s", "pct_peak", "params",
+                   "params_expected", "params_source", "params_mismatch", "peak_memory_bytes",
+                   "peak_memory_delta_bytes", "compile_s", "runs", "loops", "reason"):
+        if column not in df:
+            df[column] = math.nan
+    return df
+
+
+# --- tables ------------------------------------------------------------------------------
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return format(value, spec)
+
+
+def results_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The human table: one row per record, times in ms, work in GFLOP/s."""
+    ordered = df.sort_values(["machine", "device", "dtype", "causal", "d_model", "heads", "kv_heads",
+                              "batch", "L_q", "L_k", "pass", "impl", "compile"], kind="stable")
+    length = ordered.apply(lambda r: f"{r.L_q}" if r.L_q == r.L_k else f"{r.L_q}x{r.L_k}", axis=1)
+    return pd.DataFrame({
+        "machine": ordered["machine"], "device": ordered["device"], "impl": ordered["impl"],
+        "compile": ordered["compile"], "pass": ordered["pass"].str.replace("forward_backward", "fwd+bwd"),
+        "B": ordered["batch"], "L": length, "E": ordered["d_model"],
+        "H/kv": ordered["heads"].astype(str) + "/" + ordered["kv_heads"].astype(str),
+        "dtype": ordered["dtype"], "causal": ordered["causal"].map({True: "yes", False: ""}),
+        "median ms": (ordered["median_s"] * 1e3).map(lambda v: _fmt(v, ".3g")),
+        "IQR %": (100 * ordered["iqr_s"] / ordered["median_s"]).map(lambda v: _fmt(v, ".1f")),
+        "runs×loops": [f"{int(r)}×{int(lp)}" if r == r else "" for r, lp in zip(ordered["runs"], ordered["loops"])],
+        "compile s": ordered["compile_s"].map(lambda v: _fmt(v, ".3g")),
+        "GFLOP/s": (ordered["flops_per_s"] / 1e9).map(lambda v: _fmt(v, ".3g")),
+        "% peak": ordered["pct_peak"].map(lambda v: _fmt(v, ".1f")),
+        "mem peak MiB": (ordered["peak_memory_bytes"] / 2**20).map(lambda v: _fmt(v, ".0f")),
+        "mem +MiB": (ordered["peak_memory_delta_bytes"] / 2**20).map(lambda v: _fmt(v, ".1f")),
+        "status": ordered["status"],
+    })
+
+
+def params_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Parameter count per implementation and shape, against the spec's formula."""
+    have = df[df["params"].notna()]
+    if have.empty:
+        return pd.DataFrame(columns=["impl", "E", "H", "kv", "params", "spec formula", "counted from", "match"])
+    rows = have.drop_duplicates(["impl", "d_model", "heads", "kv_heads"]).sort_values(
+        ["d_model", "heads", "kv_heads", "impl"])
+    return pd.DataFrame({
+        "impl": rows["impl"], "E": rows["d_model"], "H": rows["heads"], "kv": rows["kv_heads"],
+        "params": rows["params"].map(lambda v: f"{int(v):,}"),
+        "spec formula": rows["params_expected"].map(lambda v: f"{int(v):,}"),
+        "counted from": rows["params_source"],
+        "match": rows["params_mismatch"].map({False: "yes", True: "MISMATCH"}),
+    })
+
+
+def problems_table(df: pd.DataFrame) -> pd.DataFrame:
+    bad = df[df["status"] != "ok"]
+    if bad.empty:
+        return pd.DataFrame(columns=["machine", "impl", "status", "points", "reason"])
+    grouped = bad.groupby(["machine", "impl", "status", "reason"], dropna=False).size().reset_index(name="points")
+    return grouped[["machine", "impl", "status", "points", "reason"]]
+
+
+def machines_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per machine and run: hardware, software, and how busy the machine was."""
+    first = df.drop_duplicates(["machine", "run_id"])
+    return pd.DataFrame({"machine": first["machine"], "run": first["run_id"], "cpu": first["cpu"],
+                         "cpus": first["cpus"],
+                         "threads cap": first["threads_cap"].map(lambda v: _fmt(v, ".0f") or "none"),
+                         "load avg": first["load_avg"].map(lambda v: _fmt(v, ".1f")),
+                         "gpu": first["gpu"].fillna(""), "commit": first["commit"].fillna("").str[:10],
+                         "versions": first["versions"],
+                         "records": df.groupby(["machine", "run_id"]).size().reindex(
+                             list(zip(first["machine"], first["run_id"]))).values})
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas' own needs the optional tabulate)."""
+    def cell(value) -> str:
+        text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+    cells = [[cell(v) for v in row] for row in table.itertuples(index=False)]
+    header = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+# --- plots -------------------------------------------------------------------------------
+
+def _series_label(key: tuple, varying: list[str]) -> str:
+    values = dict(zip(SERIES_COLUMNS, key))
+    extra = [f"{c}={values[c]}" for c in varying if c not in ("impl",)]
+    return " ".join([str(values["impl"])] + extra)
+
+
+def _plot_vs_length(df: pd.DataFrame, y: str, ylabel: str, scale: float, title: str) -> bytes:
+    ok = df[(df["status"] == "ok") & df[y].notna()]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    varying = [c for c in SERIES_COLUMNS if ok[c].nunique() > 1] if not ok.empty else []
+    keys = sorted(ok.groupby(SERIES_COLUMNS, dropna=False).groups) if not ok.empty else []
+    # 20 colours x 4 markers: every series stays distinct, and keeps its look in both panels.
+    style = {key: dict(color=plt.cm.tab20(i % 20), marker="osD^"[i // 20 % 4]) for i, key in enumerate(keys)}
+    for ax, pass_ in zip(axes, PASSES):
+        part = ok[ok["pass"] == pass_]
+        for key, series in part.groupby(SERIES_COLUMNS, dropna=False):
+            series = series.sort_values("L_q")
+            ax.plot(series["L_q"], series[y] * scale, label=_series_label(key, varying), **style[key])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L_q")
+        ax.set_title(f"{title}: {pass_.replace('_', ' + ')}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[1].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return _png(fig)
+
+
+def _plot_params(table: pd.DataFrame) -> bytes:
+    fig, ax = plt.subplots(figsize=(9, 0.4 + 0.3 * max(len(table), 1)))
+    ax.axis("off")
+    if len(table):
+        cell = ax.table(cellText=table.values.tolist(), colLabels=list(table.columns), loc="center")
+        cell.auto_set_font_size(False)
+        cell.set_fontsize(8)
+        cell.auto_set_column_width(list(range(len(table.columns))))
+    else:
+        ax.text(0.5, 0.5, "no parameter counts", ha="center")
+    ax.set_title("Parameter count per implementation")
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# --- the report --------------------------------------------------------------------------
+
+def write_report(records: list[dict], out_dir, title: str = "attnsuite benchmark") -> list[Path]:
+    """Write every report file for ``records`` into ``out_dir``; return their paths."""
+    if not records:
+        raise ValueError("no records to report")
+    out = Path(out_dir)
+    df = frame(records)
+    results, params, problems = results_table(df), params_table(df), problems_table(df)
+    machines = machines_table(df)
+    figures = {
+        "latency.png": _plot_vs_length(df, "median_s", "median latency (ms)", 1e3, "Latency"),
+        "throughput.png": _plot_vs_length(df, "flops_per_s", "achieved GFLOP/s", 1e-9, "Throughput"),
+        "params.png": _plot_params(params),
+    }
+    generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    sections = [("Machines", machines), ("Parameter counts", params), ("Results", results),
+                ("Not measured", problems)]
+    intro = (f"Generated {generated} from {len(df)} records. Times are the median of `runs` "
+             f"timed blocks of `loops` calls (IQR % = interquartile range / median); compile s = "
+             f"first call minus the median. FLOPs: {FORMULA_VERSION}. % peak is against a "
+             f"large matmul measured in the same process, framework and dtype. Memory: the peak of "
+             f"the process's resident set (CPU) or of the device allocator (GPU) during one call "
+             f"(mem peak), and its rise above the level before the call (mem +).")
+
+    md = [f"# {title}", "", intro, ""]
+    for name, table in sections:
+        md += [f"## {name}", "", markdown(table) if len(table) else "(none)", ""]
+    md += ["## Figures", "", "![latency](latency.png)", "", "![throughput](throughput.png)", "",
+           "![parameters](params.png)", ""]
+
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+    for name, table in sections:
+        page += [f"<h2>{name}</h2>", table.to_html(index=False, na_rep="") if len(table) else "<p>(none)</p>"]
+    page += ["<h2>Figures</h2>"] + [f"<p><img src='{name}' alt='{name}'></p>" for name in figures]
+    page += ["</body></html>"]
+
+    store.write_atomic(out / "bench.csv", df.to_csv(index=False))
+    store.write_atomic(out / "bench.md", "\n".join(md))
+    store.write_atomic(out / "bench.html", "\n".join(page))
+    for name, png in figures.items():
+        store.write_atomic(out / name, png)
+    return [out / name for name in REPORT_FILES]
+
+
+def merge(locations: Iterable, out_dir) -> list[Path]:
+    """Merge the stores at ``locations`` into ``out_dir`` (its bench.json and report)."""
+    locations = list(locations)
+    out = Path(out_dir)
+    if any(store.store_path(loc).resolve() == store.store_path(out).resolve() for loc in locations):
+        raise ValueError(f"{out}: the output directory cannot also be an input")
+    records = store.load_many(locations)
+    lines = "".join(store.dumps(r) for r in records)
+    store.write_atomic(store.store_path(out), lines)
+    return write_report(records, out)

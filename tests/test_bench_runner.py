@@ -1,0 +1,77 @@
+"""The harness end to end on the NumPy oracle: the quick sweep's report files, and a
+sweep that goes on past a worker that crashes or hangs.
+
+The crashing and hanging implementations below are plug-ins the worker process imports
+(``numpy:tests.test_bench_runner:...``): the oracle, except at one sequence length.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from bench.runner import Runner
+from bench.store import load
+from bench.sweeps import Budget, Config
+from impls import oracle
+
+TRIGGER_LENGTH = 16
+LENGTHS = (8, TRIGGER_LENGTH, 32)
+
+
+def _oracle_except_at_trigger(spec, action):
+    inner = oracle.factory(spec)
+
+    def fn(params, query, key, value, mask=None, bias=None):
+        if query.shape[1] == TRIGGER_LENGTH:
+            action()
+        return inner(params, query, key, value, mask, bias)
+    fn.vjp = inner.vjp
+    return fn
+
+
+def crashing(spec):
+    return _oracle_except_at_trigger(spec, lambda: os._exit(3))
+
+
+def hanging(spec):
+    return _oracle_except_at_trigger(spec, lambda: time.sleep(600))
+
+
+def test_quick_sweep_on_the_oracle_writes_every_report_file(tmp_path):
+    from bench import cli, report  # pandas and matplotlib: not for the plug-in's worker to import
+
+    # One thread: a 2-thread BLAS on a busy 2-core machine slows down tenfold.
+    assert cli.main(["numpy.oracle", "--sweep", "quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    for name in report.REPORT_FILES:
+        assert (tmp_path / name).stat().st_size > 0, f"{name} is missing or empty"
+    records = load(tmp_path)
+    assert {(r["L_q"], r["pass"]) for r in records} == {(L, p) for L in (128, 512)
+                                                          for p in ("forward", "forward_backward")}
+    for r in records:
+        where = f"{r['impl']} L={r['L_q']} {r['pass']}"
+        assert r["status"] == "ok", f"{where}: {r['status']}: {r['reason']}"
+        assert r["q1_s"] <= r["median_s"] <= r["q3_s"], f"{where}: median outside its IQR"
+        assert r["runs"] >= 5 and r["loops"] >= 1, where
+        assert r["params"] == r["params_expected"] and not r["params_mismatch"], where
+        assert r["env"]["framework"]["name"] == "numpy" and r["env"]["versions"]["numpy"], where
+    assert "numpy.oracle" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("plugin, status", [("crashing", "crashed"), ("hanging", "timeout")])
+def test_sweep_goes_on_past_a_dead_worker(tmp_path, plugin, status):
+    configs = [Config(1, L, L, 8, 2, 2, "float32", False, "cpu") for L in LENGTHS]
+    budget = Budget(max_time=0.02, min_runs=3, point_timeout=3.0, min_block_time=1e-3)
+    name = f"numpy:tests.test_bench_runner:{plugin}"
+    records = Runner(tmp_path, budget, threads=1).run([name, "numpy.oracle"], configs, ["natural"])
+
+    outcome = {(r["impl"], r["L_q"], r["pass"]): r["status"] for r in records}
+    for pass_ in ("forward", "forward_backward"):
+        assert outcome[name, 8, pass_] == "ok", outcome
+        assert outcome[name, TRIGGER_LENGTH, pass_] == status, outcome
+        assert outcome[name, 32, pass_] == "over_budget", outcome  # the larger size is not tried
+        for L in LENGTHS:  # a fresh worker carries on with the other implementation
+            assert outcome["numpy.oracle", L, pass_] == "ok", outcome
+    assert len(load(tmp_path)) == len(records) == 2 * 2 * len(LENGTHS)
