@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs, require
+from feature_cases import TOL, assert_close, assert_grads_close
 from impls import AttentionSpec, Unsupported, init_weights, oracle
 
 tb = require("torch")
@@ -13,7 +14,6 @@ from impls.builtin import torch as builtin  # noqa: E402
 
 S = AttentionSpec
 FACTORIES = {"nn.MultiheadAttention": builtin.multihead_attention, "sdpa": builtin.sdpa}
-TOL = 1e-10  # float64, relative to the scale of each tensor
 B, L_Q, L_K = 2, 4, 6
 
 # Specs each supports, covering its mask, bias and causal mappings.
@@ -57,12 +57,8 @@ def test_agrees_with_the_oracle_where_supported(name, spec, mask_kind, bias_kind
     want_grads = oracle.vjp(spec, w, a["query"], a["key"], a["value"], a["d_out"], mask, bias)
     out, grads = tb.forward_and_vjp(fn, w, a["query"], a["key"], a["value"], a["d_out"], mask,
                                     bias, dtype="float64")
-    np.testing.assert_allclose(out, want, rtol=0, atol=TOL * np.abs(want).max(),
-                               err_msg=f"{name} {spec} out")
-    for g in grads:  # the key bias has no gradient in the math: judge it on dwk's scale
-        scale = np.abs(want_grads["wk" if g == "bk" else g]).max()
-        np.testing.assert_allclose(grads[g], want_grads[g], rtol=0, atol=TOL * scale,
-                                   err_msg=f"{name} {spec} d{g}")
+    assert_close(f"{name} {spec} out", out, want, TOL["float64"])
+    assert_grads_close(f"{name} {spec}", grads, want_grads, TOL["float64"])
 
 
 @pytest.mark.parametrize("name", FACTORIES)
@@ -126,8 +122,7 @@ def test_what_a_fully_masked_row_gives(name, self_attention, with_grad, observed
     assert got == observed, (f"{name} (self_attention={self_attention}, grad={with_grad}): a "
                              f"fully masked row now gives {got!r}, was {observed!r}: update the docs")
     if with_grad and observed == "zeros":  # and nothing flows back through the empty row
-        np.testing.assert_allclose(d_query, want_d_query, rtol=0,
-                                   atol=TOL * np.abs(want_d_query).max(), err_msg=name)
+        assert_close(f"{name} d query", d_query, want_d_query, TOL["float64"])
 
 
 def test_sdpa_bottom_right_with_a_longer_query_gives_zero_rows():
@@ -179,4 +174,4 @@ def test_dropout_is_seeded_and_only_in_training(name):
     np.testing.assert_array_equal(run(training=True, seed=0), run(training=True, seed=0))
     assert not np.allclose(run(training=True, seed=0), run(training=True, seed=1))
     want = oracle.forward(spec, w, a["query"], a["key"], a["value"])
-    np.testing.assert_allclose(run(), want, rtol=0, atol=TOL * np.abs(want).max())
+    assert_close(f"{name} inference", run(), want, TOL["float64"])
