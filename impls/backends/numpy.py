@@ -15,7 +15,13 @@ def devices() -> list[str]:
 
 
 def dtypes(device: str = "cpu") -> list[str]:
+    _check_device(device)
     return list(_DTYPES)
+
+
+def _check_device(device: str) -> None:
+    if device not in devices():
+        raise Unsupported(f"numpy runs on {devices()}, not {device!r}")
 
 
 def _dtype(dtype: str):
@@ -25,6 +31,7 @@ def _dtype(dtype: str):
 
 
 def tensor(array, dtype: str, device: str = "cpu"):
+    _check_device(device)
     array = np.asarray(array)
     if array.dtype == bool:
         return array.copy()
