@@ -182,11 +182,7 @@ def test_rank3_mask_and_bias_are_rejected(framework, path):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("framework", [
-    pytest.param("torch", marks=pytest.mark.xfail(
-        strict=True, raises=(TypeError, NotImplementedError),
-        reason="impls/ours/torch.py does not check the mask's dtype (SPEC 1: a clear ValueError)")),
-    "tensorflow", "jax"])
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
 def test_non_boolean_mask_is_rejected(framework, path):
     backend, ours = load(framework)
     spec = S(8, 2)

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.nn.attention.bias import causal_lower_right
 
 from impls.convert import torch as convert
 from impls.errors import Unsupported
-from impls.ours.torch import merge_heads, project, project_heads, seeded, visible_keys
+from impls.ours.torch import (causal_lower_right, merge_heads, project, project_heads, seeded,
+                              visible_keys)
 from impls.spec import AttentionSpec
 
 

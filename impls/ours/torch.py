@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from impls.convert import torch as convert
 from impls.spec import AttentionSpec
@@ -80,6 +79,14 @@ def visible_keys(spec: AttentionSpec, L_q: int, L_k: int, mask, device) -> torch
     if mask is None:
         return visible
     return mask if visible is None else visible & mask
+
+
+def causal_lower_right(L_q: int, L_k: int):
+    """torch's bottom-right causal mask object for SDPA. Imported on first use: its module
+    imports torch._dynamo, seconds that most runs never need."""
+    from torch.nn.attention.bias import causal_lower_right as lower_right
+
+    return lower_right(L_q, L_k)
 
 
 @contextlib.contextmanager
@@ -193,6 +200,8 @@ def attention_fn(spec: AttentionSpec, attention):
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
         _check_rank("mask", mask)
         _check_rank("bias", bias)
+        if mask is not None and mask.dtype != torch.bool:
+            raise ValueError(f"mask: must be boolean (True = may attend), got dtype {mask.dtype}")
         q, k, v = project_heads(spec, params, query, key, value)
         heads = attention(spec, q, k, v, mask, bias, spec.dropout if training else 0.0, seed)
         return project(params, merge_heads(heads), "o")
