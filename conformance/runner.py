@@ -185,10 +185,20 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
 # ---------------------------------------------------------------------------------------
 # Judging in one subprocess per framework (conformance/worker.py is the other end).
 
+def _jax_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "attnsuite" / "jax"
+
+
 def _worker_env(entry: Entry) -> dict:
     env = dict(os.environ)
     env.update(entry.env)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if entry.framework == "jax":
+        # A JAX worker spends most of its time compiling one small program per case (each
+        # under JAX's 1 s threshold for caching): XLA's persistent cache lets a later run
+        # skip every compile it has already done. The user's own settings win.
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(_jax_cache_dir()))
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     # Plug-in modules resolve from the caller's directory, as with `python -m`.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), str(REPO_ROOT),
                                                     env.get("PYTHONPATH")) if p)
@@ -235,12 +245,19 @@ def judge_isolated(names: Sequence[str], cases: Sequence[Case], options: Options
             continue
         groups.setdefault(entry.process_key, []).append(i)
     events: queue.Queue = queue.Queue()
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    # A JAX implementation compiles a program per case, tens of seconds a profile against a
+    # second or two to start a worker: its group is spread over the jobs. The others judge
+    # a profile in about the time their framework takes to import, so they stay together.
+    spread = []
+    for key, indices in groups.items():
+        parts = min(jobs, len(indices)) if key[0] == "jax" else 1
+        spread += [(key, indices[part::parts]) for part in range(parts)]
     # Longest first (JAX compiles, TensorFlow builds graphs), so the last one to start is short.
     slowness = {"jax": 0, "tensorflow": 1, "torch": 2, "numpy": 3}
-    pending = [indices for key, indices in sorted(groups.items(), key=lambda kv: (
+    pending = [indices for key, indices in sorted(spread, key=lambda kv: (
         slowness.get(kv[0][0], 0), -len(kv[1])))]
     running, processes = 0, []
-    jobs = max(1, jobs or os.cpu_count() or 1)
     case_dicts = [c.to_dict() for c in cases]
     try:
         while pending or running:
