@@ -23,6 +23,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from impls.backends.common import convert_inputs  # noqa: E402
 from impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
@@ -83,11 +84,7 @@ def params(weights, dtype: str, device: str = "cpu") -> dict:
 
 
 def _inputs(query, key, value, mask, bias, dtype, device, self_attention):
-    q = tensor(query, dtype, device)
-    k, v = (q, q) if self_attention else (tensor(key, dtype, device), tensor(value, dtype, device))
-    m = None if mask is None else tensor(mask, dtype, device)
-    b = None if bias is None else tensor(bias, dtype, device)
-    return q, k, v, m, b
+    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention)
 
 
 def forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, device="cpu",

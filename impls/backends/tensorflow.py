@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the import: quiet s
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from impls.backends.common import convert_inputs  # noqa: E402
 from impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
@@ -68,11 +69,7 @@ def params(weights, dtype: str, device: str = "cpu") -> dict[str, tf.Tensor]:
 
 
 def _inputs(query, key, value, mask, bias, dtype, device, self_attention):
-    q = tensor(query, dtype, device)
-    k, v = (q, q) if self_attention else (tensor(key, dtype, device), tensor(value, dtype, device))
-    m = None if mask is None else tensor(mask, dtype, device)
-    b = None if bias is None else tensor(bias, dtype, device)
-    return q, k, v, m, b
+    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention)
 
 
 def _lacks_dtype(exc: tf.errors.OpError) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from impls.backends.common import convert_inputs
 from impls.errors import Unsupported
 
 _DTYPES = {
@@ -63,11 +64,7 @@ def params(weights, dtype: str, device: str = "cpu") -> dict[str, torch.Tensor]:
 
 
 def _inputs(query, key, value, mask, bias, dtype, device, self_attention):
-    q = tensor(query, dtype, device)
-    k, v = (q, q) if self_attention else (tensor(key, dtype, device), tensor(value, dtype, device))
-    m = None if mask is None else tensor(mask, dtype, device)
-    b = None if bias is None else tensor(bias, dtype, device)
-    return q, k, v, m, b
+    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention)
 
 
 def forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, device="cpu",
