@@ -7,10 +7,10 @@
 
 With ``isolate=True`` the implementations are judged in one subprocess per
 ``Entry.process_key`` (a framework and its environment: the Keras entries need
-``KERAS_BACKEND`` set before import), at most ``jobs`` at once, each streaming its
-results back as JSON lines: start-up is paid once per framework, and a crash takes down
-only its own group. A plug-in that cannot be loaded is an "error" verdict with the
-reason, and every other implementation is still judged.
+``KERAS_BACKEND`` set before import; a JAX group is spread over up to ``jobs`` of them),
+at most ``jobs`` at once, each streaming its results back as JSON lines: start-up is paid
+once per framework, and a crash takes down only its own group. A plug-in that cannot be
+loaded is an "error" verdict with the reason, and every other implementation is still judged.
 """
 
 from __future__ import annotations

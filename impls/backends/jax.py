@@ -101,7 +101,7 @@ def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None,
     both = functools.partial(_forward_and_vjp, fn, self_attention)
     args = (params(weights, dtype, device), inputs, m, b, tensor(d_out, dtype, device))
     try:
-        out, d_params, d_inputs = jax.jit(both, compiler_options=_QUICK_COMPILE.get(device))(*args)
+        out, d_params, d_inputs = jax.jit(both, compiler_options=_quick_compile(device))(*args)
     except Exception:
         # Tracing asks more of fn than the contract does (no reading concrete values), and
         # XLA rejects some whole programs whose ops it runs one by one (float16 attention
@@ -117,6 +117,18 @@ def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None,
 # the same; results differ from a default build's by a rounding at most (one ulp in each
 # dtype over the default profile).
 _QUICK_COMPILE = {"cpu": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}}
+
+
+@functools.cache
+def _quick_compile(device: str) -> dict | None:
+    """The device's options, or None where this XLA rejects them (XLA renames its options
+    now and then; a rejected one would send every call down the slow eager path)."""
+    options = _QUICK_COMPILE.get(device)
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options)(tensor(0.0, "float32", device))
+    except Exception:
+        return None
+    return options
 
 
 def _forward_and_vjp(fn, self_attention, params, inputs, mask, bias, d_out):
