@@ -31,6 +31,7 @@ import sys
 import timeit
 from pathlib import Path
 
+from attnsuite.files import atomic_write_text
 from bench import store
 from bench.environment import REPO_ROOT, collect
 from bench.runner import FRAMEWORK_ENV, thread_env
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = "\n".join(lines)
     text = "\n".join(["# Agreement with an independent timing", "", __doc__.split("\n\n")[2].strip(), "",
                       summary, "", markdown(frame) if len(frame) else ""])
-    store.write_atomic(args.directory / "agreement.md", text + "\n")
+    atomic_write_text(args.directory / "agreement.md", text + "\n")
     print(text)
     return 0
 

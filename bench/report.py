@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pandas as pd  # noqa: E402
 
+from attnsuite.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from bench import store  # noqa: E402
 from bench.flops import FORMULA_VERSION, PASSES  # noqa: E402
 
@@ -231,11 +232,11 @@ def write_report(records: list[dict], out_dir, title: str = "attnsuite benchmark
     page += ["<h2>Figures</h2>"] + [f"<p><img src='{name}' alt='{name}'></p>" for name in figures]
     page += ["</body></html>"]
 
-    store.write_atomic(out / "bench.csv", df.to_csv(index=False))
-    store.write_atomic(out / "bench.md", "\n".join(md))
-    store.write_atomic(out / "bench.html", "\n".join(page))
+    atomic_write_text(out / "bench.csv", df.to_csv(index=False))
+    atomic_write_text(out / "bench.md", "\n".join(md))
+    atomic_write_text(out / "bench.html", "\n".join(page))
     for name, png in figures.items():
-        store.write_atomic(out / name, png)
+        atomic_write_bytes(out / name, png)
     return [out / name for name in REPORT_FILES]
 
 
@@ -247,5 +248,5 @@ def merge(locations: Iterable, out_dir) -> list[Path]:
         raise ValueError(f"{out}: the output directory cannot also be an input")
     records = store.load_many(locations)
     lines = "".join(store.dumps(r) for r in records)
-    store.write_atomic(store.store_path(out), lines)
+    atomic_write_text(store.store_path(out), lines)
     return write_report(records, out)

@@ -4,17 +4,17 @@ Each record is written with a single ``write`` on a file opened with ``O_APPEND`
 then fsync'ed, so records from an interrupted run are all complete except, at worst,
 the one being written when the process died. ``load`` skips such a torn last line (and
 says so), and ``append`` first ends a torn line, so the file never stays unreadable.
-Report files next to it are replaced atomically (``write_atomic``).
+Report files next to it are replaced atomically (``attnsuite.files``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
+
 
 STORE_NAME = "bench.json"
 
@@ -86,22 +86,3 @@ def load_many(locations: Iterable) -> list[dict[str, Any]]:
                 seen.add(key)
                 records.append(record)
     return records
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make the report private
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -14,32 +14,16 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from attnsuite.files import atomic_write_text
 from conformance.cases import DTYPES
 from conformance.checks import CheckResult
 from conformance.runner import FAILING, ImplResult, RunResult
 
 FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout")
 SHOWN_FAILURES = 20
-
-
-def atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def family(check: str) -> str:

@@ -20,6 +20,7 @@ import datetime
 import fnmatch
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -186,19 +187,36 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
 # Judging in one subprocess per framework (conformance/worker.py is the other end).
 
 def _jax_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "attnsuite" / "jax"
+    # Not the ".../attnsuite/jax" of earlier, uncapped runs: a capped cache keeps an access
+    # time beside each entry, and fails every write in a folder with entries lacking one.
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "attnsuite" / "jax-capped"
 
 
-def _worker_env(entry: Entry) -> dict:
+JAX_CACHE_MAX_BYTES = 256 * 2**20  # least recently used entries go beyond this
+
+
+def _can_cap_jax_cache() -> bool:
+    """JAX evicts from a capped cache under a lock from the ``filelock`` package, and
+    raises at the first compile without it: no cap, no cache (it would grow unbounded)."""
+    return importlib.util.find_spec("filelock") is not None
+
+
+def _worker_env(entry: Entry, device: str) -> dict:
     env = dict(os.environ)
     env.update(entry.env)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if entry.framework == "jax":
+    if entry.framework == "jax" and "JAX_COMPILATION_CACHE_DIR" not in env and _can_cap_jax_cache():
         # A JAX worker spends most of its time compiling one small program per case (each
         # under JAX's 1 s threshold for caching): XLA's persistent cache lets a later run
-        # skip every compile it has already done. The user's own settings win.
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(_jax_cache_dir()))
+        # skip every compile it has already done. A cache of the user's own is left as set.
+        env["JAX_COMPILATION_CACHE_DIR"] = str(_jax_cache_dir())
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))
+    if device == "cpu":  # a CPU run must not touch (or preallocate) a GPU
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif entry.framework == "jax":  # JAX takes 75% of the GPU at start: workers share one
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     # Plug-in modules resolve from the caller's directory, as with `python -m`.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), str(REPO_ROOT),
                                                     env.get("PYTHONPATH")) if p)
@@ -266,7 +284,7 @@ def judge_isolated(names: Sequence[str], cases: Sequence[Case], options: Options
                 job = {"names": [names[i] for i in indices], "cases": case_dicts,
                        "options": dataclasses.asdict(options),
                        "weights": None if weights_path is None else str(weights_path)}
-                env = _worker_env(find_entry(names[indices[0]]))
+                env = _worker_env(find_entry(names[indices[0]]), options.device)
                 threading.Thread(target=_run_worker, daemon=True,
                                  args=(job, env, indices, events, processes)).start()
                 running += 1

@@ -81,14 +81,6 @@ def test_records_survive_a_killed_writer(tmp_path):
     assert [r["record_id"] for r in records] == [str(i) for i in range(len(records))]
 
 
-def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path):
-    target = tmp_path / "bench.md"
-    store.write_atomic(target, "old")
-    store.write_atomic(target, "new")
-    assert target.read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.md"]
-
-
 # --- report ------------------------------------------------------------------------------
 
 def test_report_merges_two_machines_keeping_each(tmp_path):

@@ -15,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.case import build
+from bench.sweeps import Config
 from conftest import make_inputs, require
 from feature_cases import TOL, assert_close, assert_grads_close
-from impls import AttentionSpec, init_weights, oracle
+from impls import AttentionSpec, init_weights, oracle, param_count
 from impls.errors import Unsupported
 
 jb = require("jax")
@@ -156,3 +158,15 @@ def test_jax_dot_product_attention_has_no_dropout():
                  oracle.forward(spec, w, q, k, v), TOL["float32"])
     with pytest.raises(Unsupported, match="dropout"):
         jb.forward(fn, w, q, k, v, dtype="float32", training=True, seed=0)
+
+
+@pytest.mark.parametrize("name, kv_heads", [("flax.nnx.MultiHeadAttention", 2),
+                                            ("flax.nnx.MultiHeadAttention", 1),
+                                            ("flax.linen.MultiHeadDotProductAttention", 2)])
+def test_the_benchmark_counts_the_flax_layers_own_variables(name, kv_heads):
+    """Counted from the layer (``fn.layer`` or the adapter's closure), not from the
+    canonical params it is handed: a layer holding other weights would show."""
+    config = Config(batch=1, L_q=8, L_k=8, d_model=16, heads=2, kv_heads=kv_heads,
+                    dtype="float32", causal=False, device="cpu")
+    count, source = build(name, config).count_params()
+    assert (count, source) == (param_count(config.spec()), "layer"), f"{name} kv_heads={kv_heads}"
