@@ -9,6 +9,7 @@ Weights and inputs are seeded NumPy arrays converted once by the framework's ada
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from types import ModuleType
 from typing import Any, Callable
@@ -74,18 +75,42 @@ class Case:
         return layer_class(self.spec) if layer_class is not None else None
 
 
+@functools.lru_cache(maxsize=1)  # the kernels of one framework take turns at each shape
+def head_arrays(spec: AttentionSpec, config: Config, layout: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Already projected query/key/value heads and the output cotangent, for an attention
+    core (``impls.kernels``), in ``layout`` ("BLHD" or "BHLD"). float32 draws: at GPU
+    sizes (B=4, L=16k, 32 heads) a float64 array alone would take a gigabyte of host memory.
+    Treat the arrays as read-only: they are cached."""
+    rng = np.random.default_rng(seed)
+    c, s = config, spec
+    shapes = {"query": (c.batch, c.L_q, s.H, s.d_k), "key": (c.batch, c.L_k, s.H_kv, s.d_k),
+              "value": (c.batch, c.L_k, s.H_kv, s.d_v), "d_out": (c.batch, c.L_q, s.H, s.d_v)}
+    arrays = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+    if layout == "BHLD":
+        arrays = {name: np.ascontiguousarray(a.swapaxes(1, 2)) for name, a in arrays.items()}
+    elif layout != "BLHD":
+        raise ValueError(f"layout: expected BLHD or BHLD, got {layout!r}")
+    return arrays
+
+
 def build(impl: str | tuple[Entry, Callable], config: Config) -> Case:
     """Resolve ``impl`` (a name, or an already resolved (entry, factory)) and build the case.
 
     Raises ``PluginError`` for a name that does not resolve and ``Unsupported`` for a case
-    the implementation or the adapter declines.
+    the implementation or the adapter declines. An attention core (kind "kernel") gets
+    projected heads and no params; its key and value are tensors of their own even when
+    the lengths are equal (they are different projections in a layer).
     """
     entry, factory = resolve(impl) if isinstance(impl, str) else impl
     backend = load_backend(entry.framework)
     spec = config.spec()
     fn = factory(spec)
-    arrays = input_arrays(spec, config)
     c = config
+    if entry.kind == "kernel":
+        arrays = head_arrays(spec, config, fn.layout)
+        inputs = {name: backend.tensor(a, c.dtype, c.device) for name, a in arrays.items()}
+        return Case(entry, config, spec, fn, {}, inputs, frameworks.load(entry.framework))
+    arrays = input_arrays(spec, config)
     query = backend.tensor(arrays["query"], c.dtype, c.device)
     if c.self_attention:
         key = value = query

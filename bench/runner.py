@@ -72,6 +72,12 @@ def plan(names: list[str], configs: list[Config], compile: list[str]):
         else:
             groups.append((entry.framework, env, points))
     groups.sort(key=lambda group: FRAMEWORKS.index(group[0]))
+    # Configuration-major: the implementations of a group take turns at each shape, so a
+    # drift of the machine's speed over the run touches them alike, and a shape's inputs
+    # are drawn once for all of them (bench.case caches the last draw).
+    order = {config: i for i, config in enumerate(configs)}
+    for _, _, group_points in groups:
+        group_points.sort(key=lambda point: order[point.config])
     return [((framework, tuple(sorted(env.items()))), points) for framework, env, points in groups], unresolved
 
 

@@ -5,6 +5,17 @@ is sized so that every installed implementation runs in about a minute on a 2-co
 CPU; ``default`` is a real CPU study; ``long`` pushes sequence lengths to 4096 on a CPU
 and to 32k on a GPU (the explicit implementations run out of memory or budget there,
 and are recorded as such).
+
+The ``gpu-*`` sweeps are the GPU study (run on ``--device gpu`` only), in bfloat16 at
+model width 2048:
+
+- ``gpu-core``: attention cores alone (``impls.kernels``), batch 4, head size 64
+  (32 heads) and 128 (16 heads), causal and not, lengths 1k to 16k: is our fused core as
+  fast as the fastest kernel of its framework?
+- ``gpu-layer``: whole layers, projections included, batch 4, 16 heads, lengths 4k and
+  8k: where do our layers sit among the built-in ones?
+- ``gpu-memory``: batch 1, 16 heads, lengths 4k to 32k, with the compiled program's
+  memory where the framework has one: does memory grow linearly with length?
 """
 
 from __future__ import annotations
@@ -15,7 +26,8 @@ from typing import Any
 
 from impls.spec import AttentionSpec
 
-SWEEPS = ("quick", "default", "long")
+SWEEPS = ("quick", "default", "long", "gpu-core", "gpu-layer", "gpu-memory")
+GPU_SWEEPS = ("gpu-core", "gpu-layer", "gpu-memory")
 # How each framework is run: eager (no compilation), jit (the framework's standard
 # compiler: torch.compile, tf.function, jax.jit) or xla (tf.function(jit_compile=True)).
 # "natural" picks what a user of that framework runs by default.
@@ -83,6 +95,7 @@ class Budget:
     min_runs: int
     point_timeout: float     # a worker silent this long on one point is killed
     min_block_time: float = 2e-3
+    compiled_memory: bool = False  # also ask the framework for the compiled program's memory
 
 
 def _grid(lengths, *, batch, d_model, heads, kv_heads, dtypes, causal, device):
@@ -110,7 +123,29 @@ def sweep(name: str, device: str = "cpu", dtypes: list[str] | None = None) -> tu
                         kv_heads=[16 if gpu else 8], dtypes=dtypes or (["bfloat16"] if gpu else ["float32"]),
                         causal=[False, True], device=device)
         return configs, Budget(max_time=1.0, min_runs=5, point_timeout=600)
+    if name in GPU_SWEEPS:
+        if not gpu:
+            raise ValueError(f"sweep {name}: a GPU sweep, run it with --device gpu")
+        return _gpu_sweep(name, dtypes or ["bfloat16"])
     raise ValueError(f"sweep: expected one of {SWEEPS}, got {name!r}")
+
+
+GPU_WIDTH = 2048
+
+
+def _gpu_sweep(name: str, dtypes: list[str]) -> tuple[list[Config], Budget]:
+    def grid(lengths, batch, head_sizes, causal):
+        return [Config(batch, L, L, GPU_WIDTH, GPU_WIDTH // d, GPU_WIDTH // d, dtype, c, "gpu")
+                for dtype, d, c, L in itertools.product(dtypes, head_sizes, causal, lengths)]
+
+    if name == "gpu-core":
+        configs = grid([1024, 2048, 4096, 8192, 16384], batch=4, head_sizes=[64, 128], causal=[False, True])
+        return configs, Budget(max_time=0.2, min_runs=10, point_timeout=180)
+    if name == "gpu-layer":
+        configs = grid([4096, 8192], batch=4, head_sizes=[128], causal=[False])
+        return configs, Budget(max_time=0.3, min_runs=10, point_timeout=180)
+    configs = grid([4096, 8192, 16384, 32768], batch=1, head_sizes=[128], causal=[False, True])
+    return configs, Budget(max_time=0.1, min_runs=5, point_timeout=180, compiled_memory=True)
 
 
 @dataclasses.dataclass(frozen=True)

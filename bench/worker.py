@@ -130,7 +130,9 @@ class Worker:
         except Exception as exc:
             return self._fail_all(point, "oom" if self.fw.is_oom(exc) else "error", _short(exc), entry.kind)
 
-        shared = {"params_expected": param_count(case.spec), "flops_formula": flops.FORMULA_VERSION,
+        core = entry.kind == "kernel"  # an attention core alone: no weights, no projections
+        shared = {"params_expected": 0 if core else param_count(case.spec),
+                  "flops_formula": flops.FORMULA_VERSION + (" (core only)" if core else ""),
                   "compile_detail": self.fw.COMPILE.get(point.compile)}
         for pass_ in flops.PASSES:
             skip = self._predicted_skip(point, pass_)
@@ -177,8 +179,12 @@ class Worker:
         before = self.fw.reset_peak_memory(c.device)
         block(call())
         peak, method = self.fw.peak_memory(c.device)
+        compiled = {}
+        if self.budget.compiled_memory:
+            compiled_bytes, compiled_method = self.fw.compiled_memory(call)
+            compiled = {"compiled_temp_bytes": compiled_bytes, "compiled_memory_method": compiled_method}
 
-        work = flops.attention_flops(case.spec, c.batch, c.L_q, c.L_k, pass_)
+        work = flops.attention_flops(case.spec, c.batch, c.L_q, c.L_k, pass_, core=case.entry.kind == "kernel")
         peak_flops, peak_source = self._peak(c.dtype, c.device)
         achieved = work / m.median
         return {**m.stats(), "first_call_s": first, "compile_s": max(first - m.median, 0.0),
@@ -187,7 +193,7 @@ class Worker:
                 "pct_peak": 100 * achieved / peak_flops if peak_flops else None,
                 "peak_memory_bytes": peak, "memory_before_bytes": before,
                 "peak_memory_delta_bytes": peak - before if peak is not None and before is not None else None,
-                "memory_method": method}
+                "memory_method": method, **compiled}
 
 
 def main() -> int:

@@ -358,6 +358,7 @@ def materialize(case: Case, weights: dict | None = None) -> CaseData:
 
 F32 = ("float32",)
 F32_64 = ("float32", "float64")
+HALF = ("float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,6 +450,15 @@ def _recipes() -> list[Recipe]:
         R(S(8, 2, causal="top_left"), 2, 6, 6, mask="random", self_attention=True),
         R(S(16, 4, num_kv_heads=2, causal="bottom_right", dropout=0.5), 2, 5, 7, mask="random"),
         R(S(16, 4, num_kv_heads=1, kdim=6, vdim=10), 2, 4, 6, checks=("stateless",)),
+        # Head size 8 and even lengths: shapes that GPU kernels (cuDNN's, FlashAttention's)
+        # take, so that a GPU run judges them in the half types, not a fallback. The cases
+        # above mostly have head size 4 or odd lengths, which those kernels decline.
+        R(S(16, 2), 2, 8, 8, default=HALF),
+        R(S(16, 2, causal="top_left"), 2, 8, 8, default=HALF),
+        R(S(16, 2, causal="top_left", window=(3, 0)), 2, 8, 8, default=HALF),
+        R(S(16, 4, num_kv_heads=2, causal="top_left"), 2, 8, 12, mask="key_padding", default=HALF),
+        R(S(16, 2), 2, 6, 8, bias="random", default=HALF),
+        R(S(16, 2), 2, 6, 8, mask="fully_masked_rows", default=HALF),
         # full: larger shapes and every feature at once.
         R(S(64, 8, head_dim=8), 2, 64, 64, mask="random", profile="full"),
         R(S(48, 8, num_kv_heads=2, value_head_dim=4, out_dim=40, causal="bottom_right",

@@ -55,6 +55,25 @@ def structural_mask(spec: AttentionSpec, L_q: int, L_k: int) -> np.ndarray:
     return visible
 
 
+def structural_rows_with_keys(spec: AttentionSpec, L_q: int, L_k: int) -> np.ndarray:
+    """(L_q,) bool: the query rows that the causal and window rules leave at least one key,
+    i.e. ``structural_mask(spec, L_q, L_k).any(-1)`` without the (L_q, L_k) array.
+
+    Row i sees the keys j with lo <= j <= hi, an interval: lo = max(0, i' - left), and
+    hi = min(L_k - 1, i' if causal, i' + right), i' being i shifted by the causal alignment.
+    """
+    shifted_i = np.arange(L_q) + (L_k - L_q if spec.causal == "bottom_right" else 0)
+    lo = np.zeros(L_q, dtype=np.int64)
+    hi = np.full(L_q, L_k - 1, dtype=np.int64)
+    if spec.causal is not None:
+        hi = np.minimum(hi, shifted_i)
+    if spec.window is not None:
+        left, right = spec.window
+        lo = np.maximum(lo, shifted_i - left)
+        hi = np.minimum(hi, shifted_i + right)
+    return lo <= hi
+
+
 def visibility(spec: AttentionSpec, B: int, L_q: int, L_k: int, mask=None) -> np.ndarray:
     """(B, H, L_q, L_k) bool: the user mask combined with the structural rules."""
     visible = structural_mask(spec, L_q, L_k)

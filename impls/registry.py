@@ -21,7 +21,7 @@ class Entry:
     framework: str               # numpy | torch | tensorflow | jax
     target: str                  # "module.path:factory"
     description: str
-    kind: str = "ours"           # oracle | ours | builtin | broken | plugin
+    kind: str = "ours"           # oracle | ours | builtin | broken | plugin | kernel
     env: tuple[tuple[str, str], ...] = ()  # environment its process needs (KERAS_BACKEND)
 
     @property
@@ -58,6 +58,9 @@ REGISTRY: tuple[Entry, ...] = (
        "keras.layers.MultiHeadAttention, PyTorch backend", "builtin", KERAS_BACKEND="torch"),
     _e("jax.nn.dot_product_attention", "jax", "impls.builtin.jax:dot_product_attention",
        "canonical projections + jax.nn.dot_product_attention", "builtin"),
+    _e("jax.nn.dot_product_attention.cudnn", "jax", "impls.builtin.jax:dot_product_attention_cudnn",
+       'canonical projections + jax.nn.dot_product_attention(implementation="cudnn"), GPU only',
+       "builtin"),
     _e("flax.linen.MultiHeadDotProductAttention", "jax", "impls.builtin.flax:linen_mha",
        "flax.linen.MultiHeadDotProductAttention", "builtin"),
     _e("flax.nnx.MultiHeadAttention", "jax", "impls.builtin.flax:nnx_mha",
@@ -65,11 +68,16 @@ REGISTRY: tuple[Entry, ...] = (
 )
 
 
-def all_entries(include_broken: bool = False) -> list[Entry]:
+def all_entries(include_broken: bool = False, include_kernels: bool = False) -> list[Entry]:
+    """The registry, plus the broken catalog (``impls.broken``) and the attention cores
+    of the kernel benchmark (``impls.kernels``) when asked."""
     entries = list(REGISTRY)
     if include_broken:
         from impls.broken import BROKEN
         entries += list(BROKEN)
+    if include_kernels:
+        from impls.kernels import KERNELS
+        entries += list(KERNELS)
     return entries
 
 
@@ -77,7 +85,8 @@ def find_entry(name: str) -> Entry:
     """The Entry for a registered name or a ``FRAMEWORK:module.path:factory`` plug-in."""
     if ":" in name:
         return parse_plugin(name)
-    for entry in all_entries(include_broken=name.startswith("broken.")):
+    for entry in all_entries(include_broken=name.startswith("broken."),
+                             include_kernels=name.startswith("core.")):
         if entry.name == name:
             return entry
     known = ", ".join(e.name for e in REGISTRY)

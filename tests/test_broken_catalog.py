@@ -5,6 +5,9 @@ The whole catalog is judged in two gate runs on the quick profile, each with one
 process per framework: every bug, plus the correct layer the bugs of each framework are
 built on as a control; then the bugs that only the strict rule for rows with no visible
 key can show, on the cases that have such rows.
+
+``ATTNSUITE_TEST_DEVICE=gpu`` judges them on the GPU instead (``.ci/gpu check``): a bug
+must be caught there too, through the GPU kernels' own rounding.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import ast
 import collections
 import dataclasses
 import fnmatch
+import os
 from pathlib import Path
 
 import pytest
@@ -52,9 +56,10 @@ def judged() -> dict:
     bugs = [e.name for fw in frameworks for e in BROKEN if e.framework == fw]
     plain = [name for name in bugs if not CAUGHT_BY[name].strict]
     strict = [name for name in bugs if CAUGHT_BY[name].strict]
-    runs = [check([CONTROLS[fw] for fw in frameworks] + plain, profile="quick", isolate=True)]
+    device = os.environ.get("ATTNSUITE_TEST_DEVICE", "cpu")
+    runs = [check([CONTROLS[fw] for fw in frameworks] + plain, profile="quick", device=device, isolate=True)]
     if strict:
-        runs.append(check(strict, profile="quick", isolate=True, strict_fully_masked=True,
+        runs.append(check(strict, profile="quick", device=device, isolate=True, strict_fully_masked=True,
                           case_filter=lambda case: "fully_masked" in case.tags))
     return {impl.name: impl for run in runs for impl in run.implementations}
 

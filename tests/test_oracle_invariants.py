@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import make_inputs
 from impls import oracle
@@ -265,3 +267,35 @@ def test_rows_with_no_visible_key_are_zero_not_nan():
     np.testing.assert_array_equal(out[:, :2], np.broadcast_to(weights["bo"], out[:, :2].shape))
     assert not np.any(grads["query"][:, :2]), "query gradient of the empty rows"
     assert all(np.all(np.isfinite(g)) for g in grads.values())
+
+
+# ---------------------------------------------------------------------------------------
+# The rows that see a key, from the rules alone (impls.oracle.structural_rows_with_keys).
+
+@st.composite
+def structural_cases(draw):
+    causal = draw(st.sampled_from([None, "top_left", "bottom_right"]))
+    window = draw(st.none() | st.tuples(st.integers(0, 20), st.integers(0, 20)))
+    L_q, L_k = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    return AttentionSpec(4, 1, causal=causal, window=window), L_q, L_k
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(case=structural_cases())
+def test_rows_with_keys_are_those_of_the_structural_mask(case):
+    spec, L_q, L_k = case
+    np.testing.assert_array_equal(oracle.structural_rows_with_keys(spec, L_q, L_k),
+                                  oracle.structural_mask(spec, L_q, L_k).any(axis=-1),
+                                  err_msg=f"{spec} L_q={L_q} L_k={L_k}")
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(case=structural_cases())
+def test_under_top_left_rules_the_rows_with_keys_come_first(case):
+    # fused_attention runs the kernel on the first n rows and gives the rest zeros.
+    spec, L_q, L_k = case
+    if spec.causal == "bottom_right" and L_q != L_k:
+        return  # goes to the kernel as a mask, rows and all
+    rows = oracle.structural_rows_with_keys(spec, L_q, L_k)
+    n = int(rows.sum())
+    np.testing.assert_array_equal(rows, np.arange(L_q) < n, err_msg=f"{spec} L_q={L_q} L_k={L_k}")

@@ -17,6 +17,8 @@ Each of ``bench.frameworks.{numpy,torch,tensorflow,jax}`` defines
 - ``is_layer(value)`` and ``layer_params(layer, inputs) -> int``: what counts as a layer
   there (torch ``nn.Module``, Keras ``Layer``, ``tf.Module``, flax modules) and how many
   variables it holds (see ``bench.case.Case.count_params``);
+- ``compiled_memory(call) -> (bytes, method)``: the temporary memory of the compiled
+  program behind a prepared ``call`` (None where there is no such program or count);
 - ``matmul(n, dtype, device) -> (call, block)``: an n×n matmul, for the measured peak;
 - ``is_oom(exc) -> bool``.
 

@@ -49,15 +49,32 @@ def prepare(fn, params, inputs, mode, compile="eager"):
     sources, expand = sources_of(inputs)
     wrap = jax.jit if compile == "jit" else (lambda f: f)
     if mode == "forward":
-        step = wrap(lambda p, s: fn(p, *expand(s)))
-        return (lambda: step(params, sources)), block
+        step, args = wrap(lambda p, s: fn(p, *expand(s))), (params, sources)
+    else:
+        def forward_backward(p, s, d_out):
+            _, pullback = jax.vjp(lambda p, s: fn(p, *expand(s)), p, s)
+            return pullback(d_out)
+        step, args = wrap(forward_backward), (params, sources, inputs["d_out"])
 
-    def forward_backward(p, s, d_out):
-        _, pullback = jax.vjp(lambda p, s: fn(p, *expand(s)), p, s)
-        return pullback(d_out)
-    step = wrap(forward_backward)
-    d_out = inputs["d_out"]
-    return (lambda: step(params, sources, d_out)), block
+    def call():
+        return step(*args)
+    if compile == "jit":
+        call.program = (step, args)  # for compiled_memory
+    return call, block
+
+
+def compiled_memory(call) -> tuple[int | None, str]:
+    """(bytes, method): the temporary buffers of the compiled program, from XLA's memory
+    analysis. Exact and per program, where the device's peak counter is per process:
+    it shows whether a program holds an L×L matrix however the runs before it went."""
+    program = getattr(call, "program", None)
+    if program is None:
+        return None, "op-by-op JAX has no single program"
+    step, args = program
+    analysis = step.lower(*args).compile().memory_analysis()
+    if analysis is None:
+        return None, "XLA gave no memory analysis on this backend"
+    return analysis.temp_size_in_bytes, "XLA memory analysis: temp_size_in_bytes"
 
 
 def _gpu():

@@ -102,3 +102,7 @@ def matmul(n: int, dtype: str, device: str):
 
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (MemoryError, tf.errors.ResourceExhaustedError)) or "RESOURCE_EXHAUSTED" in str(exc)
+
+
+def compiled_memory(call) -> tuple[int | None, str]:
+    return None, "not collected for TensorFlow"

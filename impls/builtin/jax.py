@@ -1,6 +1,11 @@
 """``jax.nn.dot_product_attention`` as a user calls it: the canonical projections around
 it, its own ``is_causal`` and ``local_window_size`` options, GQA from the fewer kv heads,
-and nothing fixed up (a fully masked row keeps whatever the function gives it)."""
+and nothing fixed up (a fully masked row keeps whatever the function gives it).
+
+``dot_product_attention`` leaves the implementation to JAX (XLA, today, even on a GPU);
+``dot_product_attention_cudnn`` asks for cuDNN's fused kernel, which runs on a GPU only
+and declines some cases (float32, large head sizes): those are reported unsupported.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +18,40 @@ from impls.spec import AttentionSpec
 _NAME = "jax.nn.dot_product_attention"
 
 
-def dot_product_attention(spec: AttentionSpec):
-    reasons = [
-        # is_causal and local_window_size count from the top-left corner.
-        (spec.causal == "bottom_right", "no bottom-right causal alignment"),
-        (spec.softcap is not None, "no logit softcap"),
-        (spec.d_v != spec.d_k, "value must have the key's head size (value_head_dim != head_dim)"),
-    ]
-    for failing, why in reasons:
-        if failing:
-            raise Unsupported(f"{_NAME}: {why}")
+def _layer(implementation: str | None):
+    name = _NAME if implementation is None else f'{_NAME}(implementation="{implementation}")'
 
-    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        if training and spec.dropout > 0:
-            raise Unsupported(f"{_NAME}: no dropout")
-        heads = jax.nn.dot_product_attention(
-            project(spec, params, query, "q"), project(spec, params, key, "k"),
-            project(spec, params, value, "v"), bias=bias, mask=mask, scale=spec.logit_scale,
-            is_causal=spec.causal == "top_left", local_window_size=spec.window)
-        return output(spec, params, heads)
+    def factory(spec: AttentionSpec):
+        reasons = [
+            # is_causal and local_window_size count from the top-left corner.
+            (spec.causal == "bottom_right", "no bottom-right causal alignment"),
+            (spec.softcap is not None, "no logit softcap"),
+            (spec.d_v != spec.d_k, "value must have the key's head size (value_head_dim != head_dim)"),
+            (implementation == "cudnn" and jax.default_backend() != "gpu",
+             f"cuDNN needs a GPU (JAX's backend here is {jax.default_backend()})"),
+        ]
+        for failing, why in reasons:
+            if failing:
+                raise Unsupported(f"{name}: {why}")
 
-    return fn
+        def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
+            if training and spec.dropout > 0:
+                raise Unsupported(f"{name}: no dropout")
+            q, k, v = (project(spec, params, x, letter) for x, letter in ((query, "q"), (key, "k"), (value, "v")))
+            try:
+                heads = jax.nn.dot_product_attention(
+                    q, k, v, bias=bias, mask=mask, scale=spec.logit_scale,
+                    is_causal=spec.causal == "top_left", local_window_size=spec.window,
+                    implementation=implementation)
+            except (ValueError, NotImplementedError, RuntimeError) as exc:
+                if implementation is None:
+                    raise
+                raise Unsupported(f"{name} declines this case ({q.dtype}): {str(exc).splitlines()[0]}") from exc
+            return output(spec, params, heads)
+
+        return fn
+    return factory
+
+
+dot_product_attention = _layer(None)
+dot_product_attention_cudnn = _layer("cudnn")

@@ -3,6 +3,7 @@
 - ``explicit(spec)``: every step of the spec written out, like JAX's ``lax_reference.py``.
 - ``fused(spec)``: the attention core on ``jax.nn.dot_product_attention``, falling back to
   the explicit core only for what that function cannot express (see ``_kernel_can_run``).
+  On a GPU it asks for cuDNN's kernel where cuDNN takes the case (``kernel_implementation``).
 - ``init(spec, rng)`` and ``apply(spec, params, query, key, value, ...)``: the same layer
   for use in a model; jit it with ``jax.jit(apply, static_argnames=APPLY_STATIC)``.
 
@@ -12,13 +13,14 @@ takes as is. Query head h reads key/value head h // group_size (repeat-interleav
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from impls.oracle import structural_mask
+from impls.oracle import structural_mask, structural_rows_with_keys
 from impls.spec import AttentionSpec
 from impls.weights import weight_shapes
 
@@ -66,10 +68,7 @@ def apply(spec: AttentionSpec, params, query, key, value, mask=None, bias=None, 
         raise ValueError("seed: training with dropout > 0 needs a seed")
     dropout_key = jax.random.key(seed) if dropping else None
 
-    # XLA on GPU runs float32 matmuls in TF32 by default (errors near 1e-3), which the
-    # float32 bound rejects; ask for full precision (no effect on CPU). The backward pass
-    # inherits it: precision is fixed when each matmul is traced.
-    with jax.default_matmul_precision("highest"):
+    with _matmul_precision(jnp.result_type(query, key, value, *params.values())):
         q = project(spec, params, query, "q")
         k = project(spec, params, key, "k")
         v = project(spec, params, value, "v")
@@ -78,6 +77,16 @@ def apply(spec: AttentionSpec, params, query, key, value, mask=None, bias=None, 
         else:
             heads = explicit_attention(spec, q, k, v, mask, bias, dropout_key)
         return output(spec, params, heads)
+
+
+def _matmul_precision(dtype):
+    """XLA on GPU runs float32 matmuls in TF32 by default (errors near 1e-3), which the
+    float32 bound rejects: full precision there (no effect on CPU). The backward pass
+    inherits it, as precision is fixed when each matmul is traced. float16 and bfloat16
+    matmuls have nothing to gain from it, so they keep the default (and the fastest)."""
+    if dtype in (jnp.float16, jnp.bfloat16):
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision("highest")
 
 
 def _kernel_can_run(spec: AttentionSpec, dtype, dropping: bool) -> bool:
@@ -164,11 +173,63 @@ def dropout(probs, rate: float, key: jax.Array) -> jax.Array:
 
 def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None) -> jax.Array:
     """The same contract as ``explicit_attention`` (no dropout), on
-    ``jax.nn.dot_product_attention``, which does GQA itself from the fewer kv heads."""
+    ``jax.nn.dot_product_attention``, which does GQA itself from the fewer kv heads.
+
+    Without a user mask and under top-left rules (the common case) nothing of size
+    L_q x L_k is built here: the rules reach the kernel as ``is_causal`` and
+    ``local_window_size``, and the rows that see no key are found in O(L_q).
+    """
     L_q, L_k = q.shape[1], k.shape[1]
-    # Its causal and window rules are top-left aligned; bottom-right goes in the mask.
-    native = spec.causal != "bottom_right"
-    kernel_mask = mask if native else visibility(spec, L_q, L_k, mask)
+    rules = _kernel_rules(spec, L_q, L_k)
+    if rules is None:
+        # The kernel's rules count from the top-left corner: bottom-right goes in as an
+        # (L_q, L_k) mask, which costs what a user's mask does.
+        visible = visibility(spec, L_q, L_k, mask)
+        out = _attend(spec, q, k, v, _as_4d(bias), _as_4d(visible), is_causal=False, window=None)
+        return _zero_rows_without_keys(out, visible)
+
+    # Under top-left rules the rows that see a key are the first n, and n < L_q only where
+    # a window ends before the last query (L_q > L_k + left). The kernel runs on those n
+    # rows alone and the rest are zeros, gradient included: so it never meets a row with
+    # no key, where XLA gives a mean of the values and cuDNN's result is not documented.
+    n = int(structural_rows_with_keys(spec, L_q, L_k).sum())
+    out = _attend(spec, q[:, :n], k, v, _first_rows(_as_4d(bias), n), _first_rows(_as_4d(mask), n),
+                  *rules)
+    if mask is not None:
+        out = _zero_rows_without_keys(out, _first_rows(visibility(spec, L_q, L_k, mask), n))
+    return out if n == L_q else jnp.pad(out, [(0, 0), (0, L_q - n), (0, 0), (0, 0)])
+
+
+def _kernel_rules(spec: AttentionSpec, L_q: int, L_k: int) -> tuple[bool, tuple | None] | None:
+    """(is_causal, local_window_size): the spec's rules in the kernel's terms, which count
+    from the top-left corner; None where they cannot say them (bottom-right, L_q != L_k)."""
+    if spec.causal == "bottom_right" and L_q != L_k:  # with L_q == L_k the corners agree
+        return None
+    # A window with right == 0 is the causal rule plus a left window. Said that way cuDNN
+    # runs it as its causal mask with a sliding window, the form of window it documents
+    # (it rejects right > 0 without is_causal; XLA reads both forms the same).
+    window_is_causal = spec.window is not None and spec.window[1] == 0
+    return spec.causal is not None or window_is_causal, spec.window
+
+
+def _first_rows(x, n: int):
+    """x, rank 4 (or None), cut to the first n query rows unless broadcast along them."""
+    return x if x is None or x.shape[-2] <= n else x[..., :n, :]
+
+
+def _zero_rows_without_keys(out, visible) -> jax.Array:
+    """``out`` (B, L_q, H, d_v) with zeros in the rows where ``visible`` has no key.
+
+    Such a row comes back from the kernel as a mean of values (the mask reaches XLA and
+    cuDNN alike as a finite large negative logit); the spec wants zeros. The kernel's
+    output and gradient there are finite, so the where passes a clean zero gradient."""
+    rows = jnp.any(_as_4d(visible), axis=-1)  # (B|1, H|1, L_q)
+    return jnp.where(jnp.swapaxes(rows, 1, 2)[..., None], out, 0.0)
+
+
+def _attend(spec: AttentionSpec, q, k, v, bias, mask, is_causal: bool, window) -> jax.Array:
+    """``jax.nn.dot_product_attention`` on (B, L, heads, d) inputs, on cuDNN where it
+    takes the call (see ``kernel_implementation``), else on XLA: (B, L_q, H, d_v)."""
     # It needs one head size for q, k and v: zero-padding the smaller ones changes no
     # dot product (the scale is passed explicitly), and the padded outputs are cut off.
     size = max(spec.d_k, spec.d_v)
@@ -177,12 +238,57 @@ def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None) -> jax.A
         missing = size - x.shape[-1]
         return jnp.pad(x, [(0, 0)] * 3 + [(0, missing)]) if missing else x
 
-    out = jax.nn.dot_product_attention(
-        pad(q), pad(k), pad(v), bias=_as_4d(bias), mask=_as_4d(kernel_mask),
-        scale=spec.logit_scale, is_causal=native and spec.causal == "top_left",
-        local_window_size=spec.window if native else None)[..., :spec.d_v]
-    # A row with no visible key comes back as the mean of all values (its logits are all
-    # the same large negative number); the spec wants zeros. The kernel's output and
-    # gradient are finite, so the where passes a clean zero gradient.
-    rows = jnp.any(_as_4d(visibility(spec, L_q, L_k, mask)), axis=-1)  # (B|1, H|1, L_q)
-    return jnp.where(jnp.swapaxes(rows, 1, 2)[..., None], out, 0.0)
+    args = (pad(q), pad(k), pad(v), bias, mask)
+    options = {"scale": spec.logit_scale, "is_causal": is_causal, "local_window_size": window}
+    implementation = kernel_implementation(*args, **options)
+    # The choice shows as this scope in the jaxpr, in HLO op names and in profiles.
+    with jax.named_scope(f"dot_product_attention_{implementation}"):
+        out = jax.nn.dot_product_attention(*args, **options, implementation=implementation)
+    return out[..., :spec.d_v]
+
+
+# cuDNN's fused attention takes these input dtypes (and fp8, which we never pass).
+CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
+
+
+def kernel_implementation(query, key, value, bias=None, mask=None, *, backend: str | None = None,
+                          **options) -> str:
+    """The ``implementation`` to give ``jax.nn.dot_product_attention(query, key, value,
+    bias, mask, **options)``: "cudnn" where cuDNN's kernel takes the call, forward and
+    backward, on ``backend`` (default ``jax.default_backend()``); "xla" everywhere else.
+
+    Why ask: left alone (``implementation=None``) the function runs its XLA version even
+    on a GPU, which builds the L_q x L_k logits and, on an H100 (bf16, B=4, H=16,
+    L=4096, d=128, forward), runs at a sixth of cuDNN's flash-attention kernel: 116
+    against 652 TFLOP/s.
+
+    cuDNN declines a call while JAX traces it, raising ValueError, NotImplementedError or
+    RuntimeError (``jax/_src/nn/functions.py`` and ``jax/_src/cudnn/
+    fused_attention_stablehlo.py``, the same checks in jax 0.10.2 and 0.11.2): inputs
+    other than float16/bfloat16 (or fp8); a head size not a multiple of 8, or above 256
+    (above 128 before Hopper); a right window without ``is_causal``; with a mask or a
+    bias, an odd L_q or L_k once differentiated; no cuDNN at all. That odd-length check
+    sits in the forward rule of a ``custom_vjp``, which JAX traces only when it
+    differentiates: for ``grad(jit(f))``, after f has been traced and out of reach of a
+    try around the call. So the question is put by tracing the forward and backward
+    passes abstractly (``jax.eval_shape``: nothing is compiled or run); forward-only code
+    with a mask or bias and an odd length goes to XLA as well. What cuDNN can only refuse
+    when XLA compiles the program is not caught here.
+    """
+    if (backend or jax.default_backend()) != "gpu" or query.dtype not in CUDNN_DTYPES:
+        return "xla"
+
+    def forward_and_backward(query, key, value, bias, mask):
+        def attend(query, key, value):
+            return jax.nn.dot_product_attention(query, key, value, bias, mask,
+                                                implementation="cudnn", **options)
+        out, pullback = jax.vjp(attend, query, key, value)
+        return pullback(out)
+
+    shapes = [None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype)
+              for x in (query, key, value, bias, mask)]
+    try:
+        jax.eval_shape(forward_and_backward, *shapes)
+    except (ValueError, RuntimeError):  # NotImplementedError is a RuntimeError
+        return "xla"
+    return "cudnn"
