@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args) -> int:
-    configs, budget = sweep(args.sweep, args.device, args.dtype)
+    try:
+        configs, budget = sweep(args.sweep, args.device, args.dtype)
+    except ValueError as exc:  # a GPU sweep asked of the CPU
+        raise _UsageError(f"attnsuite bench: {exc}") from exc
     groups, unresolved = plan(args.impls, configs, args.compile)
     total = (sum(len(points) for _, points in groups) + len(unresolved) * len(configs)) * len(PASSES)
     names = ", ".join(expand_names(args.impls))

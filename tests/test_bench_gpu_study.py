@@ -34,6 +34,13 @@ def test_gpu_sweeps_refuse_the_cpu(name):
         sweep(name, "cpu")
 
 
+def test_asking_the_cli_for_a_gpu_sweep_on_the_cpu_is_a_usage_error(capsys):
+    from bench import cli
+
+    assert cli.main(["torch.fused", "--sweep", "gpu-core", "--device", "cpu"]) == 2
+    assert "--device gpu" in capsys.readouterr().err
+
+
 def test_gpu_core_sweep_covers_the_shapes_the_study_asks_for():
     configs, _ = sweep("gpu-core", "gpu")
     head_sizes = {c.d_model // c.heads for c in configs}
