@@ -7,6 +7,9 @@ heads.
 ``precision`` (None, "float32", "float16" or "bfloat16") rounds the inputs, the weights
 and every intermediate to that dtype: the plain low-precision computation that the
 tolerance rule for float16/bfloat16 measures its baseline error with (SPEC section 6).
+Matrix products accumulate exactly and round once (frameworks accumulate them in
+float32); the bias gradients, sums over batch and length, round every partial sum
+(``_low_precision_sum``).
 """
 
 from __future__ import annotations
@@ -225,9 +228,45 @@ def attention_probs(spec: AttentionSpec, weights, query, key, value, mask=None,
 # ---------------------------------------------------------------------------------------
 # Backward: the vector-Jacobian product of sum(out * d_out), derived by hand.
 
+# A plain sum in float16/bfloat16 rounds every partial sum, so its error grows with the
+# number of terms; rounding the exact sum once would make the baseline of the tolerance
+# rule far more accurate than the computation it stands for (the bias gradients sum
+# B * L rows), and its bound would shrink to the one-ulp floor. The model follows XLA on
+# CPU, which reduces in the dtype: running sums over blocks of 32 terms, then the block
+# sums summed the same way (its tree reduction rewriter). Its error lands within a factor
+# 2 of jax.lax.reduce_sum's on 16 to 2048 terms; a running sum over all the terms
+# overstates that error 3-6x past 250 terms, a pairwise sum understates it up to 2.5x.
+_SUM_BLOCK = 32
+
+
+def _low_precision_sum(x: np.ndarray, axis, r) -> np.ndarray:
+    """The sum of ``x`` over ``axis`` (an int or a tuple), ``r`` rounding every partial
+    sum: running sums over blocks of _SUM_BLOCK terms, repeated on the block sums."""
+    axes = (axis,) if np.ndim(axis) == 0 else tuple(axis)
+    terms = np.moveaxis(x, axes, range(len(axes)))
+    terms = terms.reshape(-1, *terms.shape[len(axes):])              # (terms, *kept)
+    if len(terms) == 0:
+        return np.zeros(terms.shape[1:])
+    while len(terms) > 1:
+        block = min(_SUM_BLOCK, len(terms))
+        padded = np.concatenate([terms, np.zeros((-len(terms) % block, *terms.shape[1:]))])
+        blocks = padded.reshape(-1, block, *terms.shape[1:])
+        terms = np.zeros((len(blocks), *terms.shape[1:]))
+        for i in range(block):
+            terms = r(terms + blocks[:, i])
+    return terms.reshape(terms.shape[1:])
+
+
 def _weight_grad(x: np.ndarray, d_y: np.ndarray) -> np.ndarray:
     """d(sum(d_y * (x @ W))) / dW = sum over batch and length of x^T d_y, as one matmul."""
     return x.reshape(-1, x.shape[-1]).T @ d_y.reshape(-1, d_y.shape[-1])
+
+
+def _bias_grad(d_y: np.ndarray, precision: str | None) -> np.ndarray:
+    """d(sum(d_y * (y + b))) / db = sum over batch and length of d_y, summed in ``precision``."""
+    if precision in (None, "float64"):
+        return d_y.sum(axis=(0, 1))
+    return _low_precision_sum(d_y, (0, 1), rounding(precision))
 
 
 def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=None,
@@ -242,9 +281,9 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     grads = {}
 
     # out = heads @ wo + bo
-    grads["wo"] = _weight_grad(fwd.heads, d_out)
+    grads["wo"] = r(_weight_grad(fwd.heads, d_out))
     if spec.bias:
-        grads["bo"] = d_out.sum(axis=(0, 1))
+        grads["bo"] = _bias_grad(d_out, precision)
     d_heads = _split_heads(r(d_out @ w["wo"].T), spec.H)          # (B, H, Lq, dv)
 
     # heads_h = P_h @ V_h
@@ -270,9 +309,9 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     }
     inputs = {"q": "query", "k": "key", "v": "value"}
     for name, (x, d_y) in projected.items():
-        grads["w" + name] = _weight_grad(x, d_y)
+        grads["w" + name] = r(_weight_grad(x, d_y))
         if spec.bias:
-            grads["b" + name] = d_y.sum(axis=(0, 1))
+            grads["b" + name] = _bias_grad(d_y, precision)
         grads[inputs[name]] = r(d_y @ w["w" + name].T)
     return grads
 
