@@ -50,8 +50,8 @@ class ImplResult:
     name: str                               # as given
     framework: str | None = None
     kind: str | None = None                 # oracle | ours | builtin | broken | plugin
-    verdict: str = "pass"                   # pass | fail | error
-    reason: str | None = None               # why "error": the load failure, a dead worker
+    verdict: str = "pass"                   # pass | fail | error | untested
+    reason: str | None = None               # why "error" or "untested": the load failure, a dead worker
     results: list[CheckResult] = dataclasses.field(default_factory=list)
     seconds: float = 0.0                    # spent judging its cases (imports not counted)
 
@@ -69,6 +69,12 @@ class ImplResult:
             self.verdict = "error"
         elif self.failures():
             self.verdict = "fail"
+        elif all(r.status == "unsupported" for r in self.results):
+            # Nothing judged is no pass (as pytest exits 5 when no test ran): a gate that
+            # declined every case must not turn green.
+            self.verdict = "untested"
+            why = self.results[0].message if self.results else "no case selected"
+            self.reason = f"nothing judged: every case unsupported ({why})"
         else:
             self.verdict = "pass"
 

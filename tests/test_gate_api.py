@@ -83,6 +83,15 @@ def test_unsupported_is_not_failure():
     assert all(r.status == "pass" for r in impl.results if r not in grouped and r.check != "dropout")
 
 
+def test_nothing_judged_is_no_pass():
+    """Every selected case declined: "untested", and the run fails, naming why."""
+    result = check([P + "unsupported_gqa"], profile="quick", dtypes=F32, case_filter="gqa*")
+    impl = result.implementations[0]
+    assert impl.results and {r.status for r in impl.results} == {"unsupported"}
+    assert impl.verdict == "untested" and "no grouped-query" in impl.reason
+    assert result.exit_code == 1
+
+
 def test_case_filter_by_id_pattern_and_predicate():
     one = "mha2-E8-B2-Lq5-Lk7-mask_head-float32"     # a default-profile case, run from quick
     result = check(["numpy.oracle"], profile="quick", case_filter=one)
