@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "compare":
             return _compare(_compare_parser().parse_args(argv[1:]))
         return _bench(_bench_parser().parse_args(argv))
+    except KeyboardInterrupt:  # Ctrl-C, or a time limit's SIGINT: the store keeps every point done
+        console.print("attnsuite bench: interrupted; the points measured so far are in the results "
+                      "directory (bench.json); `attnsuite report DIR` reports them", markup=False)
+        return 130
     except _UsageError as exc:
         console.print(str(exc), markup=False)
         return 2

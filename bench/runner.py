@@ -161,31 +161,38 @@ class Runner:
             proc.stdin.close()
             messages: queue.Queue = queue.Queue()
             threading.Thread(target=_pump, args=(proc.stdout, messages), daemon=True).start()
+            try:
+                return self._follow(proc, messages, log, framework, points)
+            except BaseException:  # Ctrl-C or a time limit: the worker lives in its own session
+                _kill(proc)
+                raise
 
-            index, recorded = -1, set()
-            while True:
-                timeout = self.budget.point_timeout + (STARTUP_ALLOWANCE if index == -1 else 0)
-                try:
-                    message = messages.get(timeout=timeout)
-                except queue.Empty:
-                    _kill(proc)
-                    return self._abandon(framework, points, index, recorded, "timeout",
-                                         f"no result within {timeout:.0f} s; worker killed")
-                if message is None:  # the worker's stdout closed: it exited
-                    proc.wait()
-                    log.seek(0)
-                    tail = " | ".join(log.read().strip().splitlines()[-3:])
-                    return self._abandon(framework, points, index, recorded, "crashed",
-                                         f"worker exited with {proc.returncode}: {tail[-400:]}")
-                if message["event"] == "start":
-                    index, recorded = message["index"], set()
-                    self.progress("start", points[index])
-                elif message["event"] == "record":
-                    recorded.add(message["record"]["pass"])
-                    self._store(message["record"])
-                elif message["event"] == "done":
-                    proc.wait()
-                    return []
+    def _follow(self, proc, messages: queue.Queue, log, framework: str, points: list[Point]) -> list[Point]:
+        """Store the worker's records as they come; return the points left when it died or hung."""
+        index, recorded = -1, set()
+        while True:
+            timeout = self.budget.point_timeout + (STARTUP_ALLOWANCE if index == -1 else 0)
+            try:
+                message = messages.get(timeout=timeout)
+            except queue.Empty:
+                _kill(proc)
+                return self._abandon(framework, points, index, recorded, "timeout",
+                                     f"no result within {timeout:.0f} s; worker killed")
+            if message is None:  # the worker's stdout closed: it exited
+                proc.wait()
+                log.seek(0)
+                tail = " | ".join(log.read().strip().splitlines()[-3:])
+                return self._abandon(framework, points, index, recorded, "crashed",
+                                     f"worker exited with {proc.returncode}: {tail[-400:]}")
+            if message["event"] == "start":
+                index, recorded = message["index"], set()
+                self.progress("start", points[index])
+            elif message["event"] == "record":
+                recorded.add(message["record"]["pass"])
+                self._store(message["record"])
+            elif message["event"] == "done":
+                proc.wait()
+                return []
 
     def _abandon(self, framework, points, index, recorded, status, reason) -> list[Point]:
         """Record the in-flight point as ``status``; drop the larger sizes of its series."""

@@ -75,3 +75,30 @@ def test_sweep_goes_on_past_a_dead_worker(tmp_path, plugin, status):
         for L in LENGTHS:  # a fresh worker carries on with the other implementation
             assert outcome["numpy.oracle", L, pass_] == "ok", outcome
     assert len(load(tmp_path)) == len(records) == 2 * 2 * len(LENGTHS)
+
+
+def test_an_interrupted_sweep_keeps_its_records_and_leaves_no_worker_behind(tmp_path, monkeypatch):
+    """Ctrl-C, or `timeout` in .ci/gpu: the worker runs in a session of its own, so the
+    runner must end it; every record stored before the interrupt stays."""
+    import subprocess
+
+    from bench import runner as runner_module
+
+    started, real_popen = [], subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupt_after_the_first_record(event, payload):
+        if event == "record":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module.subprocess, "Popen", popen)
+    configs = [Config(1, L, L, 8, 2, 2, "float32", False, "cpu") for L in LENGTHS]
+    budget = Budget(max_time=0.02, min_runs=3, point_timeout=30.0, min_block_time=1e-3)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(tmp_path, budget, threads=1, progress=interrupt_after_the_first_record).run(
+            ["numpy.oracle"], configs, ["natural"])
+    assert started and all(proc.poll() is not None for proc in started), "a worker outlived the sweep"
+    assert len(load(tmp_path)) == 1
