@@ -48,6 +48,11 @@ class Case:
     inputs: dict[str, Any]
     fw: ModuleType       # bench.frameworks.<framework>
 
+    @property
+    def core(self) -> bool:
+        """An attention core timed alone (``impls.kernels``): no weights, no projections."""
+        return self.entry.kind == "kernel"
+
     def prepare(self, pass_: str, compile: str):
         """(call, block) for ``pass_`` ("forward" / "forward_backward") in ``compile`` mode."""
         return self.fw.prepare(self.fn, self.params, self.inputs, pass_, compile)
@@ -106,7 +111,7 @@ def build(impl: str | tuple[Entry, Callable], config: Config) -> Case:
     spec = config.spec()
     fn = factory(spec)
     c = config
-    if entry.kind == "kernel":
+    if entry.kind == "kernel":  # a core: see Case.core
         arrays = head_arrays(spec, config, fn.layout)
         inputs = {name: backend.tensor(a, c.dtype, c.device) for name, a in arrays.items()}
         return Case(entry, config, spec, fn, {}, inputs, frameworks.load(entry.framework))

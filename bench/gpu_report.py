@@ -190,7 +190,7 @@ def _plot_memory(df: pd.DataFrame) -> bytes | None:
 def _environment(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (machine, framework), part in df.groupby(["machine", "framework"]):
-        env = (part["env"].iloc[0] or {}) if "env" in part else {}
+        env = part["env"].iloc[0] or {}
         info = env.get("framework") or {}
         peaks = part.dropna(subset=["peak_flops_per_s"]).drop_duplicates("dtype") if "peak_flops_per_s" in part else part.iloc[:0]
         rows.append({"machine": machine, "framework": framework, "version": info.get("version"),

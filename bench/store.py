@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-
 STORE_NAME = "bench.json"
 
 

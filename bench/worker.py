@@ -130,9 +130,8 @@ class Worker:
         except Exception as exc:
             return self._fail_all(point, "oom" if self.fw.is_oom(exc) else "error", _short(exc), entry.kind)
 
-        core = entry.kind == "kernel"  # an attention core alone: no weights, no projections
-        shared = {"params_expected": 0 if core else param_count(case.spec),
-                  "flops_formula": flops.FORMULA_VERSION + (" (core only)" if core else ""),
+        shared = {"params_expected": 0 if case.core else param_count(case.spec),
+                  "flops_formula": flops.FORMULA_VERSION + (" (core only)" if case.core else ""),
                   "compile_detail": self.fw.COMPILE.get(point.compile)}
         for pass_ in flops.PASSES:
             skip = self._predicted_skip(point, pass_)
@@ -184,7 +183,7 @@ class Worker:
             compiled_bytes, compiled_method = self.fw.compiled_memory(call)
             compiled = {"compiled_temp_bytes": compiled_bytes, "compiled_memory_method": compiled_method}
 
-        work = flops.attention_flops(case.spec, c.batch, c.L_q, c.L_k, pass_, core=case.entry.kind == "kernel")
+        work = flops.attention_flops(case.spec, c.batch, c.L_q, c.L_k, pass_, core=case.core)
         peak_flops, peak_source = self._peak(c.dtype, c.device)
         achieved = work / m.median
         return {**m.stats(), "first_call_s": first, "compile_s": max(first - m.median, 0.0),

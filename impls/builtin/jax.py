@@ -18,36 +18,49 @@ from impls.spec import AttentionSpec
 _NAME = "jax.nn.dot_product_attention"
 
 
-def _layer(implementation: str | None):
-    name = _NAME if implementation is None else f'{_NAME}(implementation="{implementation}")'
+def function_name(implementation: str | None) -> str:
+    return _NAME if implementation is None else f'{_NAME}(implementation="{implementation}")'
 
+
+def check_supported(spec: AttentionSpec, implementation: str | None) -> None:
+    """Raise ``Unsupported`` for a spec the function cannot express with ``implementation``."""
+    reasons = [
+        # is_causal and local_window_size count from the top-left corner.
+        (spec.causal == "bottom_right", "no bottom-right causal alignment"),
+        (spec.softcap is not None, "no logit softcap"),
+        (spec.d_v != spec.d_k, "value must have the key's head size (value_head_dim != head_dim)"),
+        (implementation == "cudnn" and jax.default_backend() != "gpu",
+         f"cuDNN needs a GPU (JAX's backend here is {jax.default_backend()})"),
+    ]
+    for failing, why in reasons:
+        if failing:
+            raise Unsupported(f"{function_name(implementation)}: {why}")
+
+
+def attend(spec: AttentionSpec, q, k, v, mask=None, bias=None, implementation: str | None = None):
+    """The function on projected heads (B, L, heads, d), with the spec's own options; a
+    case a pinned implementation declines (cuDNN: float32, some head sizes) is Unsupported."""
+    try:
+        return jax.nn.dot_product_attention(
+            q, k, v, bias=bias, mask=mask, scale=spec.logit_scale,
+            is_causal=spec.causal == "top_left", local_window_size=spec.window,
+            implementation=implementation)
+    except (ValueError, NotImplementedError, RuntimeError) as exc:
+        if implementation is None:
+            raise
+        raise Unsupported(f"{function_name(implementation)} declines this case ({q.dtype}): "
+                          f"{str(exc).splitlines()[0]}") from exc
+
+
+def _layer(implementation: str | None):
     def factory(spec: AttentionSpec):
-        reasons = [
-            # is_causal and local_window_size count from the top-left corner.
-            (spec.causal == "bottom_right", "no bottom-right causal alignment"),
-            (spec.softcap is not None, "no logit softcap"),
-            (spec.d_v != spec.d_k, "value must have the key's head size (value_head_dim != head_dim)"),
-            (implementation == "cudnn" and jax.default_backend() != "gpu",
-             f"cuDNN needs a GPU (JAX's backend here is {jax.default_backend()})"),
-        ]
-        for failing, why in reasons:
-            if failing:
-                raise Unsupported(f"{name}: {why}")
+        check_supported(spec, implementation)
 
         def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
             if training and spec.dropout > 0:
-                raise Unsupported(f"{name}: no dropout")
+                raise Unsupported(f"{function_name(implementation)}: no dropout")
             q, k, v = (project(spec, params, x, letter) for x, letter in ((query, "q"), (key, "k"), (value, "v")))
-            try:
-                heads = jax.nn.dot_product_attention(
-                    q, k, v, bias=bias, mask=mask, scale=spec.logit_scale,
-                    is_causal=spec.causal == "top_left", local_window_size=spec.window,
-                    implementation=implementation)
-            except (ValueError, NotImplementedError, RuntimeError) as exc:
-                if implementation is None:
-                    raise
-                raise Unsupported(f"{name} declines this case ({q.dtype}): {str(exc).splitlines()[0]}") from exc
-            return output(spec, params, heads)
+            return output(spec, params, attend(spec, q, k, v, mask, bias, implementation))
 
         return fn
     return factory
