@@ -14,10 +14,10 @@ import importlib
 import sys
 
 _SUBCOMMANDS = {
-    "list": ("impls.listing", "main"),
-    "check": ("conformance.cli", "main"),
-    "bench": ("bench.cli", "main"),
-    "report": ("bench.cli", "report_main"),
+    "list": ("attnsuite.impls.listing", "main"),
+    "check": ("attnsuite.conformance.cli", "main"),
+    "bench": ("attnsuite.bench.cli", "main"),
+    "report": ("attnsuite.bench.cli", "report_main"),
 }
 
 

@@ -1,11 +1,11 @@
 """Do the report's figures agree with an independent timing of the same call?
 
-    python -m bench.agreement reports/bench                 # every implementation in it
-    python -m bench.agreement reports/bench torch.fused     # some of them
+    python -m attnsuite.bench.agreement reports/bench                 # every implementation in it
+    python -m attnsuite.bench.agreement reports/bench torch.fused     # some of them
 
 For each ``ok`` record of this machine in the results directory, the same call is
-rebuilt (``bench.case``, same configuration, compile mode, pass and thread cap) and timed
-again, independently of ``bench.timing``: with ``torch.utils.benchmark.Timer.
+rebuilt (``attnsuite.bench.case``, same configuration, compile mode, pass and thread cap) and timed
+again, independently of ``attnsuite.bench.timing``: with ``torch.utils.benchmark.Timer.
 blocked_autorange`` for PyTorch and with ``timeit`` (``autorange`` for the number of
 calls, 7 repeats) for the other frameworks. Two timings agree when their interquartile
 ranges overlap: neither median can be told apart from the other within the spreads
@@ -32,12 +32,12 @@ import timeit
 from pathlib import Path
 
 from attnsuite.files import atomic_write_text
-from bench import store
-from bench.environment import REPO_ROOT, collect
-from bench.runner import FRAMEWORK_ENV, thread_env
-from bench.sweeps import Config
-from bench.timing import quantile
-from impls.registry import find_entry
+from attnsuite.bench import store
+from attnsuite.bench.environment import REPO_ROOT, collect
+from attnsuite.bench.runner import FRAMEWORK_ENV, thread_env
+from attnsuite.bench.sweeps import Config
+from attnsuite.bench.timing import quantile
+from attnsuite.impls.registry import find_entry
 
 
 def agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -46,7 +46,7 @@ def agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def _independent(call, block, framework: str) -> dict:
-    """Median and quartiles per call, measured without ``bench.timing``."""
+    """Median and quartiles per call, measured without ``attnsuite.bench.timing``."""
     if framework == "torch":
         from torch.utils import benchmark as torch_benchmark
         import torch
@@ -64,8 +64,8 @@ def _independent(call, block, framework: str) -> dict:
 
 def retime(records: list[dict]) -> list[dict]:
     """Re-time each record's call in this process (one implementation's records)."""
-    from bench import frameworks, timing
-    from bench.case import build
+    from attnsuite.bench import frameworks, timing
+    from attnsuite.bench.case import build
 
     rows = []
     for r in records:
@@ -112,7 +112,7 @@ def _child_env(records: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.agreement", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attnsuite.bench.agreement", description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path)
     parser.add_argument("impls", nargs="*", help="default: every implementation measured there")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if not mine:
             print(f"{impl}: no ok record of machine {machine!r} in {args.directory}", file=sys.stderr)
             continue
-        done = subprocess.run([sys.executable, "-m", "bench.agreement", str(args.directory), "--child", impl],
+        done = subprocess.run([sys.executable, "-m", "attnsuite.bench.agreement", str(args.directory), "--child", impl],
                               capture_output=True, text=True, env=_child_env(mine), cwd=REPO_ROOT)
         if done.returncode != 0:
             print(f"{impl}: re-timing failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                       "independent method": row["method"]})
     import pandas as pd
 
-    from bench.report import markdown
+    from attnsuite.bench.report import markdown
     frame = pd.DataFrame(table)
     summary = "no points re-timed"
     if rows:

@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench import frameworks
-from bench.sweeps import Config
-from impls.backends import load_backend
-from impls.registry import Entry, resolve
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.bench import frameworks
+from attnsuite.bench.sweeps import Config
+from attnsuite.impls.backends import load_backend
+from attnsuite.impls.entry import Entry
+from attnsuite.impls.registry import resolve
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 
 def input_arrays(spec: AttentionSpec, config: Config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -50,7 +51,7 @@ class Case:
 
     @property
     def core(self) -> bool:
-        """An attention core timed alone (``impls.kernels``): no weights, no projections."""
+        """An attention core timed alone (``attnsuite.impls.kernels``): no weights, no projections."""
         return self.entry.kind == "kernel"
 
     def prepare(self, pass_: str, compile: str):
@@ -83,7 +84,7 @@ class Case:
 @functools.lru_cache(maxsize=1)  # the kernels of one framework take turns at each shape
 def head_arrays(spec: AttentionSpec, config: Config, layout: str, seed: int = 0) -> dict[str, np.ndarray]:
     """Already projected query/key/value heads and the output cotangent, for an attention
-    core (``impls.kernels``), in ``layout`` ("BLHD" or "BHLD"). float32 draws: at GPU
+    core (``attnsuite.impls.kernels``), in ``layout`` ("BLHD" or "BHLD"). float32 draws: at GPU
     sizes (B=4, L=16k, 32 heads) a float64 array alone would take a gigabyte of host memory.
     Treat the arrays as read-only: they are cached."""
     rng = np.random.default_rng(seed)

@@ -22,12 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import compare as compare_mod
-from bench import report, store
-from bench.flops import PASSES
-from bench.runner import Runner, expand_names, plan
-from bench.sweeps import COMPILE_MODES, SWEEPS, Config, sweep
-from impls.backends import DTYPES
+from attnsuite.bench import compare as compare_mod
+from attnsuite.bench import report, store
+from attnsuite.bench.flops import PASSES
+from attnsuite.bench.runner import Runner, expand_names, plan
+from attnsuite.bench.sweeps import COMPILE_MODES, SWEEPS, Config, sweep
+from attnsuite.impls.backends import DTYPES
 
 console = Console(stderr=True)  # progress and messages
 # Result tables go to stdout, wide enough not to wrap when it is not a terminal.

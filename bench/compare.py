@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench import store
-from bench.report import CONFIG_COLUMNS
+from attnsuite.bench import store
+from attnsuite.bench.report import CONFIG_COLUMNS
 
 KEY = ("machine", "impl", "compile", "pass", *CONFIG_COLUMNS)
 

@@ -12,7 +12,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench import environment  # noqa: E402
+from attnsuite.bench import environment  # noqa: E402
 
 
 def pytest_addoption(parser):

@@ -14,13 +14,13 @@ pass counts as 2× the forward (each matmul has two input gradients), so forward
 backward = 3× forward. Kernels that recompute the forward in the backward (FlashAttention)
 do more work than this formula credits them with: the formula measures useful work.
 
-An attention core timed alone (``impls.kernels``: heads already projected) is credited
+An attention core timed alone (``attnsuite.impls.kernels``: heads already projected) is credited
 with the two attention terms only (``core=True``).
 """
 
 from __future__ import annotations
 
-from impls.spec import AttentionSpec
+from attnsuite.impls.spec import AttentionSpec
 
 FORMULA_VERSION = "v1: 2*MACs, projections + QK^T + PV, causal attention /2, backward = 2x forward"
 PASSES = ("forward", "forward_backward")

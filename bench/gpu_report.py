@@ -1,6 +1,6 @@
 """The GPU study's report (``reports/gpu/``): the three questions of the ``gpu-*`` sweeps.
 
-    python -m bench.gpu_report DIR [DIR ...] [--out reports/gpu]
+    python -m attnsuite.bench.gpu_report DIR [DIR ...] [--out reports/gpu]
 
 - kernels: at each shape, our fused core's throughput against the fastest other kernel
   of the same framework (each SDPA backend and each ``jax.nn.dot_product_attention``
@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attnsuite.files import atomic_write_bytes, atomic_write_text  # noqa: E402
-from bench import report, store  # noqa: E402
-from bench.flops import FORMULA_VERSION  # noqa: E402
+from attnsuite.bench import report, store  # noqa: E402
+from attnsuite.bench.flops import FORMULA_VERSION  # noqa: E402
 
 TARGET_RATIO = 0.95
 LINEAR_EXPONENT = 1.25      # at most this: linear; from QUADRATIC_EXPONENT on: quadratic
@@ -248,14 +248,14 @@ def write(records: list[dict], out_dir) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m attnsuite.bench.gpu_report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
     parser.add_argument("--out", type=Path, default=Path("reports/gpu"))
     args = parser.parse_args(argv)
     try:
         files = write(store.load_many(args.dirs), args.out)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"bench.gpu_report: {exc}", file=sys.stderr)
+        print(f"attnsuite.bench.gpu_report: {exc}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(str(f) for f in files))
     return 0

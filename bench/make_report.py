@@ -1,13 +1,13 @@
 """Regenerate the checked-in report: the quick sweep of every implementation on this machine.
 
-    python -m bench.make_report                      # -> reports/bench/
-    python -m bench.make_report --agreement          # and re-time it independently
-    python -m bench.make_report --out DIR --sweep default --threads 1
+    python -m attnsuite.bench.make_report                      # -> reports/bench/
+    python -m attnsuite.bench.make_report --agreement          # and re-time it independently
+    python -m attnsuite.bench.make_report --out DIR --sweep default --threads 1
 
 The sweep runs into a fresh directory, so the report is one run and not an accumulation;
 the files then replace those in ``--out`` one by one (atomically), so an interrupted run
 leaves the previous report whole. ``--agreement`` adds ``agreement.md``
-(``python -m bench.agreement``).
+(``python -m attnsuite.bench.agreement``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import agreement, cli
-from bench.environment import REPO_ROOT
-from bench.sweeps import SWEEPS
+from attnsuite.bench import agreement, cli
+from attnsuite.bench.environment import REPO_ROOT
+from attnsuite.bench.sweeps import SWEEPS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.make_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attnsuite.bench.make_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench")
     parser.add_argument("--sweep", choices=SWEEPS, default="quick")
     parser.add_argument("--threads", type=int)

@@ -14,7 +14,7 @@ import datetime
 import uuid
 from typing import Any
 
-from bench.sweeps import Point
+from attnsuite.bench.sweeps import Point
 
 STATUSES = ("ok", "unsupported", "unavailable", "error", "oom", "timeout", "over_budget", "crashed")
 

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pandas as pd  # noqa: E402
 
 from attnsuite.files import atomic_write_bytes, atomic_write_text  # noqa: E402
-from bench import store  # noqa: E402
-from bench.flops import FORMULA_VERSION, PASSES  # noqa: E402
+from attnsuite.bench import store  # noqa: E402
+from attnsuite.bench.flops import FORMULA_VERSION, PASSES  # noqa: E402
 
 REPORT_FILES = ("bench.json", "bench.csv", "bench.md", "bench.html",
                 "latency.png", "throughput.png", "params.png")

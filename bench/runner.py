@@ -19,13 +19,13 @@ import threading
 import uuid
 from typing import Any, Callable, Iterable
 
-from bench import environment, store
-from bench.flops import PASSES
-from bench.records import new_record
-from bench.sweeps import Budget, Config, Point, compile_modes
-from impls.backends import FRAMEWORKS, framework_status
-from impls.errors import PluginError
-from impls.registry import REGISTRY, find_entry
+from attnsuite.bench import environment, store
+from attnsuite.bench.flops import PASSES
+from attnsuite.bench.records import new_record
+from attnsuite.bench.sweeps import Budget, Config, Point, compile_modes
+from attnsuite.impls.backends import FRAMEWORKS, framework_status
+from attnsuite.impls.errors import PluginError
+from attnsuite.impls.registry import REGISTRY, find_entry
 
 # Environment each framework's process gets, whatever the caller's.
 FRAMEWORK_ENV = {
@@ -153,7 +153,7 @@ class Runner:
                                          **extra_env))}
         device = points[0].config.device
         with tempfile.TemporaryFile("w+") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "bench.worker"], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, "-m", "attnsuite.bench.worker"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=log, text=True,
                                     env=self._worker_env(framework, extra_env, device),
                                     cwd=environment.REPO_ROOT, start_new_session=True)

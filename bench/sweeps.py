@@ -9,7 +9,7 @@ and are recorded as such).
 The ``gpu-*`` sweeps are the GPU study (run on ``--device gpu`` only), in bfloat16 at
 model width 2048:
 
-- ``gpu-core``: attention cores alone (``impls.kernels``), batch 4, head size 64
+- ``gpu-core``: attention cores alone (``attnsuite.impls.kernels``), batch 4, head size 64
   (32 heads) and 128 (16 heads), causal and not, lengths 1k to 16k: is our fused core as
   fast as the fastest kernel of its framework?
 - ``gpu-layer``: whole layers, projections included, batch 4, 16 heads, lengths 4k and
@@ -24,7 +24,7 @@ import dataclasses
 import itertools
 from typing import Any
 
-from impls.spec import AttentionSpec
+from attnsuite.impls.spec import AttentionSpec
 
 SWEEPS = ("quick", "default", "long", "gpu-core", "gpu-layer", "gpu-memory")
 GPU_SWEEPS = ("gpu-core", "gpu-layer", "gpu-memory")

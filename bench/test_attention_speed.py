@@ -4,7 +4,7 @@
     pytest bench/ -m slow                                # the length sweep
     pytest bench/ --benchmark-compare --benchmark-compare-fail=median:10%
 
-The call is the one the harness times (``bench.case``). Compilation and warm-up happen
+The call is the one the harness times (``attnsuite.bench.case``). Compilation and warm-up happen
 before the fixture is called, and each round runs a calibrated number of calls, so the
 rounds measure the steady state only. The configuration, FLOPs, compile time, parameter
 count and achieved GFLOP/s go into ``benchmark.extra_info``.
@@ -16,12 +16,12 @@ import os
 
 import pytest
 
-from bench import flops, timing
-from bench.case import build
-from bench.sweeps import NATURAL_COMPILE, Config
-from impls.backends import framework_status
-from impls.errors import Unsupported
-from impls.registry import REGISTRY
+from attnsuite.bench import flops, timing
+from attnsuite.bench.case import build
+from attnsuite.bench.sweeps import NATURAL_COMPILE, Config
+from attnsuite.impls.backends import framework_status
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.registry import REGISTRY
 
 ROUNDS = 10
 LENGTHS = [256, 512, 1024, 2048]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from impls import oracle
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.impls import oracle
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 B, L, E, H = 4, 512, 512, 8
 

@@ -1,4 +1,4 @@
-"""One benchmark process for one framework: ``python -m bench.worker`` < job.json.
+"""One benchmark process for one framework: ``python -m attnsuite.bench.worker`` < job.json.
 
 The job (JSON on stdin) names the framework, the points, the budget, the run id and the
 environment; the worker streams one JSON message per line back on its original stdout:
@@ -6,7 +6,7 @@ environment; the worker streams one JSON message per line back on its original s
 for each pass measured, and ``{"event": "done"}``. Everything else a framework prints
 goes to stderr, so the channel stays parseable.
 
-Per point: build the case (``bench.case``: weights and inputs converted once), then for
+Per point: build the case (``attnsuite.bench.case``: weights and inputs converted once), then for
 each pass: the first call apart (compile), the parameter count, the calibrated
 measurement, and a separate memory pass.
 """
@@ -19,13 +19,13 @@ import sys
 import traceback
 from typing import Any
 
-from bench import flops, frameworks, timing
-from bench.case import Case, build
-from bench.records import new_record
-from bench.sweeps import Budget, Point
-from impls.errors import PluginError, Unsupported
-from impls.registry import resolve
-from impls.weights import param_count
+from attnsuite.bench import flops, frameworks, timing
+from attnsuite.bench.case import Case, build
+from attnsuite.bench.records import new_record
+from attnsuite.bench.sweeps import Budget, Point
+from attnsuite.impls.errors import PluginError, Unsupported
+from attnsuite.impls.registry import resolve
+from attnsuite.impls.weights import param_count
 
 MATMUL_SIZE = {"cpu": 1024, "gpu": 8192}
 # Calls a pass makes besides its timed runs: first call, warm-up, calibration, memory pass.

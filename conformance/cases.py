@@ -23,10 +23,10 @@ from typing import Iterable
 
 import numpy as np
 
-from impls import init_weights
-from impls.oracle import rounding, structural_mask, visibility
-from impls.spec import AttentionSpec
-from impls.weights import check_weights
+from attnsuite.impls import init_weights
+from attnsuite.impls.oracle import rounding, structural_mask, visibility
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import check_weights
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 PROFILES = ("quick", "default", "full")

@@ -26,11 +26,11 @@ from typing import Callable
 
 import numpy as np
 
-from conformance import tolerance
-from conformance.cases import NUMERIC, Case, CaseData
-from impls import oracle
-from impls.errors import Unsupported
-from impls.weights import weight_shapes
+from attnsuite.conformance import tolerance
+from attnsuite.conformance.cases import NUMERIC, Case, CaseData
+from attnsuite.impls import oracle
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.weights import weight_shapes
 
 STATUSES = ("pass", "fail", "error", "unsupported", "xfail", "xpass")
 

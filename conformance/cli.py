@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from conformance.cases import DTYPES, PROFILES
-from impls.registry import find_entry
+from attnsuite.conformance.cases import DTYPES, PROFILES
+from attnsuite.impls.registry import find_entry
 
 SHOWN_FAILURES = 5
 
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:         # --help
         return int(exc.code or 0)
 
-    from conformance import report
-    from conformance.runner import check
+    from attnsuite.conformance import report
+    from attnsuite.conformance.runner import check
 
     dtypes = [d for group in args.dtype for d in group] if args.dtype else None
     progress = not args.quiet and sys.stderr.isatty()

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conformance.cases import DTYPES, PROFILES
+from attnsuite.conformance.cases import DTYPES, PROFILES
 
 
 def pytest_addoption(parser):
@@ -42,8 +42,8 @@ def _names(config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
-    from conformance.runner import select_cases
-    from conformance.weights import load_weights
+    from attnsuite.conformance.runner import select_cases
+    from attnsuite.conformance.weights import load_weights
 
     config = metafunc.config
     if "impl_name" not in metafunc.fixturenames:

@@ -18,9 +18,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from attnsuite.files import atomic_write_text
-from conformance.cases import DTYPES
-from conformance.checks import CheckResult
-from conformance.runner import FAILING, ImplResult, RunResult
+from attnsuite.conformance.cases import DTYPES
+from attnsuite.conformance.checks import CheckResult
+from attnsuite.conformance.runner import FAILING, ImplResult, RunResult
 
 FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout")
 SHOWN_FAILURES = 20

@@ -1,6 +1,6 @@
 """The runner: every implementation of a run, judged on every case of a profile.
 
-    from conformance.runner import check
+    from attnsuite.conformance.runner import check
     result = check(["numpy.oracle", "torch.fused"], profile="quick")
     for impl in result.implementations:
         print(impl.name, impl.verdict, impl.reason)
@@ -34,12 +34,13 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from conformance.cases import Case, catalog, find_case
-from conformance.checks import CheckResult, Options, Subject, judge_case, reference
-from conformance.weights import load_weights
-from conformance.xfails import Xfails
-from impls.backends import load_backend
-from impls.registry import Entry, find_entry, load_factory
+from attnsuite.conformance.cases import Case, catalog, find_case
+from attnsuite.conformance.checks import CheckResult, Options, Subject, judge_case, reference
+from attnsuite.conformance.weights import load_weights
+from attnsuite.conformance.xfails import Xfails
+from attnsuite.impls.backends import load_backend
+from attnsuite.impls.entry import Entry
+from attnsuite.impls.registry import find_entry, load_factory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAILING = ("fail", "error")
@@ -236,7 +237,7 @@ def _run_worker(job: dict, env: dict, indices: list[int], events: queue.Queue,
     code, tail = None, ""
     with tempfile.TemporaryFile("w+") as stderr:
         try:
-            process = subprocess.Popen([sys.executable, "-m", "conformance.worker"], env=env,
+            process = subprocess.Popen([sys.executable, "-m", "attnsuite.conformance.worker"], env=env,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        stderr=stderr, text=True, cwd=os.getcwd())
             processes.append(process)

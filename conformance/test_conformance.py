@@ -6,9 +6,9 @@ import functools
 
 import pytest
 
-from conformance.checks import Options, judge_case, reference
-from conformance.runner import FAILING, load_subject
-from conformance.weights import load_weights
+from attnsuite.conformance.checks import Options, judge_case, reference
+from attnsuite.conformance.runner import FAILING, load_subject
+from attnsuite.conformance.weights import load_weights
 
 
 class Session:
@@ -68,7 +68,7 @@ def test_generated(session, impl_name, request):
         pytest.skip("generated cases are off (--generated N turns them on)")
     from hypothesis import HealthCheck, given, settings
 
-    from conformance.cases import case_strategy
+    from attnsuite.conformance.cases import case_strategy
 
     dtypes = request.config.getoption("--dtype") or ("float64", "float32")
 

@@ -15,7 +15,7 @@ float64 and float32: ordinary closeness scaled to the tensor. Element i passes w
            a bug of 1e-3 relative fails by 5x or more.
 
 float16 and bfloat16: FlashAttention's rule. The baseline is the plain computation in
-that dtype (``impls.oracle.forward/vjp(..., precision=dtype)``, every intermediate
+that dtype (``attnsuite.impls.oracle.forward/vjp(..., precision=dtype)``, every intermediate
 rounded: a matrix product once, as float32 accumulation gives it; a bias gradient, a sum
 over every row of the batch, at every partial sum, as XLA's reductions in the dtype do,
 ``oracle._low_precision_sum``); with err = max|x - expected| over the tensor, a result passes when

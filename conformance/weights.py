@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from impls.spec import AttentionSpec
-from impls.weights import check_weights, weight_shapes
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import check_weights, weight_shapes
 
 SPEC_KEY = "spec"
 
@@ -96,7 +96,7 @@ def load_weights(path) -> tuple[AttentionSpec, dict[str, np.ndarray]]:
         raise ValueError(f"--weights {path}: cannot read it as {path.suffix or 'npz'}: {exc}") from exc
     if fields is None:
         raise ValueError(f"--weights {path}: no {SPEC_KEY!r} entry; write the file with "
-                         f"conformance.weights.save_weights(path, spec, weights)")
+                         f"attnsuite.conformance.weights.save_weights(path, spec, weights)")
     try:
         spec = infer_spec(fields, arrays)
         weights = {name: np.asarray(arrays[name], dtype=np.float64) for name in arrays}

@@ -1,4 +1,4 @@
-"""The subprocess end of ``runner.judge_isolated``: ``python -m conformance.worker``.
+"""The subprocess end of ``runner.judge_isolated``: ``python -m attnsuite.conformance.worker``.
 
 Reads one JSON job on stdin (implementation names, case dicts, options, weights path)
 and writes one JSON line per event to the original stdout. Whatever the implementations
@@ -18,10 +18,10 @@ def main() -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())   # stray prints land on stderr
     sys.path.insert(0, os.getcwd())
 
-    from conformance.cases import Case
-    from conformance.checks import Options
-    from conformance.runner import judge_in_process
-    from conformance.weights import load_weights
+    from attnsuite.conformance.cases import Case
+    from attnsuite.conformance.checks import Options
+    from attnsuite.conformance.runner import judge_in_process
+    from attnsuite.conformance.weights import load_weights
 
     cases = [Case.from_dict(c) for c in job["cases"]]
     weights = load_weights(job["weights"]) if job["weights"] else None

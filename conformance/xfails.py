@@ -13,7 +13,7 @@ import fnmatch
 from pathlib import Path
 from typing import Iterable
 
-from conformance.checks import CheckResult
+from attnsuite.conformance.checks import CheckResult
 
 
 @dataclasses.dataclass

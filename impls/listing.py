@@ -15,10 +15,11 @@ import os
 import subprocess
 import sys
 
-from impls.backends import framework_status
-from impls.errors import PluginError, Unsupported
-from impls.registry import Entry, all_entries, find_entry, load_factory
-from impls.spec import AttentionSpec
+from attnsuite.impls.backends import framework_status
+from attnsuite.impls.errors import PluginError, Unsupported
+from attnsuite.impls.entry import Entry
+from attnsuite.impls.registry import all_entries, find_entry, load_factory
+from attnsuite.impls.spec import AttentionSpec
 
 _BASE = dict(d_model=16, num_heads=4)
 FEATURE_PROBES: dict[str, dict] = {
@@ -59,7 +60,7 @@ def probe(entry: Entry) -> dict:
 def _probe_group(entries: list[Entry]) -> dict[str, dict]:
     """Probe entries that share a process key in one subprocess with their environment."""
     env = {**os.environ, **dict(entries[0].env)}
-    cmd = [sys.executable, "-m", "impls.listing", "--probe", *[e.name for e in entries]]
+    cmd = [sys.executable, "-m", "attnsuite.impls.listing", "--probe", *[e.name for e in entries]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -19,8 +19,8 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
-from impls.spec import AttentionSpec
-from impls.weights import check_weights
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import check_weights
 
 _ROUNDING_DTYPES = {
     "float64": np.float64,

@@ -7,27 +7,14 @@ until asked, so listing works with no framework installed.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from typing import Callable
 
-from impls.backends import FRAMEWORKS, framework_status
-from impls.errors import PluginError
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    name: str
-    framework: str               # numpy | torch | tensorflow | jax
-    target: str                  # "module.path:factory"
-    description: str
-    kind: str = "ours"           # oracle | ours | builtin | broken | plugin | kernel
-    env: tuple[tuple[str, str], ...] = ()  # environment its process needs (KERAS_BACKEND)
-
-    @property
-    def process_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """Implementations with the same key can be judged in one process."""
-        return (self.framework, self.env)
+from attnsuite.impls.backends import FRAMEWORKS, framework_status
+from attnsuite.impls.broken import BROKEN
+from attnsuite.impls.entry import Entry
+from attnsuite.impls.errors import PluginError
+from attnsuite.impls.kernels import KERNELS
 
 
 def _e(name, framework, target, description, kind="ours", **env):
@@ -35,48 +22,46 @@ def _e(name, framework, target, description, kind="ours", **env):
 
 
 REGISTRY: tuple[Entry, ...] = (
-    _e("numpy.oracle", "numpy", "impls.oracle:factory", "the float64 NumPy oracle", "oracle"),
+    _e("numpy.oracle", "numpy", "attnsuite.impls.oracle:factory", "the float64 NumPy oracle", "oracle"),
     # Ours: an explicit path that reads like the math, and a fused path on the fastest kernel.
-    _e("torch.explicit", "torch", "impls.ours.torch:explicit", "ours, explicit math"),
-    _e("torch.fused", "torch", "impls.ours.torch:fused", "ours, on scaled_dot_product_attention"),
-    _e("tensorflow.explicit", "tensorflow", "impls.ours.tensorflow:explicit", "ours, explicit math",
+    _e("torch.explicit", "torch", "attnsuite.impls.ours.torch:explicit", "ours, explicit math"),
+    _e("torch.fused", "torch", "attnsuite.impls.ours.torch:fused", "ours, on scaled_dot_product_attention"),
+    _e("tensorflow.explicit", "tensorflow", "attnsuite.impls.ours.tensorflow:explicit", "ours, explicit math",
        KERAS_BACKEND="tensorflow"),
-    _e("tensorflow.fused", "tensorflow", "impls.ours.tensorflow:fused", "ours, on keras.ops.dot_product_attention",
+    _e("tensorflow.fused", "tensorflow", "attnsuite.impls.ours.tensorflow:fused", "ours, on keras.ops.dot_product_attention",
        KERAS_BACKEND="tensorflow"),
-    _e("jax.explicit", "jax", "impls.ours.jax:explicit", "ours, explicit math"),
-    _e("jax.fused", "jax", "impls.ours.jax:fused", "ours, on jax.nn.dot_product_attention"),
+    _e("jax.explicit", "jax", "attnsuite.impls.ours.jax:explicit", "ours, explicit math"),
+    _e("jax.fused", "jax", "attnsuite.impls.ours.jax:fused", "ours, on jax.nn.dot_product_attention"),
     # Each framework's built-in layers, with their real semantics.
-    _e("torch.nn.MultiheadAttention", "torch", "impls.builtin.torch:multihead_attention",
+    _e("torch.nn.MultiheadAttention", "torch", "attnsuite.impls.builtin.torch:multihead_attention",
        "torch.nn.MultiheadAttention", "builtin"),
-    _e("torch.sdpa", "torch", "impls.builtin.torch:sdpa",
+    _e("torch.sdpa", "torch", "attnsuite.impls.builtin.torch:sdpa",
        "canonical projections + F.scaled_dot_product_attention", "builtin"),
-    _e("keras.tensorflow.MultiHeadAttention", "tensorflow", "impls.builtin.keras:multi_head_attention",
+    _e("keras.tensorflow.MultiHeadAttention", "tensorflow", "attnsuite.impls.builtin.keras:multi_head_attention",
        "keras.layers.MultiHeadAttention, TensorFlow backend", "builtin", KERAS_BACKEND="tensorflow"),
-    _e("keras.jax.MultiHeadAttention", "jax", "impls.builtin.keras:multi_head_attention",
+    _e("keras.jax.MultiHeadAttention", "jax", "attnsuite.impls.builtin.keras:multi_head_attention",
        "keras.layers.MultiHeadAttention, JAX backend", "builtin", KERAS_BACKEND="jax"),
-    _e("keras.torch.MultiHeadAttention", "torch", "impls.builtin.keras:multi_head_attention",
+    _e("keras.torch.MultiHeadAttention", "torch", "attnsuite.impls.builtin.keras:multi_head_attention",
        "keras.layers.MultiHeadAttention, PyTorch backend", "builtin", KERAS_BACKEND="torch"),
-    _e("jax.nn.dot_product_attention", "jax", "impls.builtin.jax:dot_product_attention",
+    _e("jax.nn.dot_product_attention", "jax", "attnsuite.impls.builtin.jax:dot_product_attention",
        "canonical projections + jax.nn.dot_product_attention", "builtin"),
-    _e("jax.nn.dot_product_attention.cudnn", "jax", "impls.builtin.jax:dot_product_attention_cudnn",
+    _e("jax.nn.dot_product_attention.cudnn", "jax", "attnsuite.impls.builtin.jax:dot_product_attention_cudnn",
        'canonical projections + jax.nn.dot_product_attention(implementation="cudnn"), GPU only',
        "builtin"),
-    _e("flax.linen.MultiHeadDotProductAttention", "jax", "impls.builtin.flax:linen_mha",
+    _e("flax.linen.MultiHeadDotProductAttention", "jax", "attnsuite.impls.builtin.flax:linen_mha",
        "flax.linen.MultiHeadDotProductAttention", "builtin"),
-    _e("flax.nnx.MultiHeadAttention", "jax", "impls.builtin.flax:nnx_mha",
+    _e("flax.nnx.MultiHeadAttention", "jax", "attnsuite.impls.builtin.flax:nnx_mha",
        "flax.nnx.MultiHeadAttention", "builtin"),
 )
 
 
 def all_entries(include_broken: bool = False, include_kernels: bool = False) -> list[Entry]:
-    """The registry, plus the broken catalog (``impls.broken``) and the attention cores
-    of the kernel benchmark (``impls.kernels``) when asked."""
+    """The registry, plus the broken catalog (``attnsuite.impls.broken``) and the attention cores
+    of the kernel benchmark (``attnsuite.impls.kernels``) when asked."""
     entries = list(REGISTRY)
     if include_broken:
-        from impls.broken import BROKEN
         entries += list(BROKEN)
     if include_kernels:
-        from impls.kernels import KERNELS
         entries += list(KERNELS)
     return entries
 

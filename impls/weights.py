@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from impls.spec import AttentionSpec
+from attnsuite.impls.spec import AttentionSpec
 
 WEIGHT_NAMES = ("wq", "wk", "wv", "wo")
 BIAS_NAMES = ("bq", "bk", "bv", "bo")

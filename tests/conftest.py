@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from impls.backends import framework_status, load_backend
-from impls.spec import AttentionSpec
+from attnsuite.impls.backends import framework_status, load_backend
+from attnsuite.impls.spec import AttentionSpec
 
 
 def require(framework: str):

@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 
 from conftest import make_inputs
-from impls import AttentionSpec, init_weights
+from attnsuite.impls import AttentionSpec, init_weights
 
 # Bound on max|got - oracle| relative to max|oracle| of the same tensor. float64 must be
 # float64-accurate: a path that leaks float32 (errors near 1e-7) fails.

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import require
-from impls import AttentionSpec, Unsupported, init_weights
-from impls.backends import DTYPES, FRAMEWORKS
+from attnsuite.impls import AttentionSpec, Unsupported, init_weights
+from attnsuite.impls.backends import DTYPES, FRAMEWORKS
 
 SPEC = AttentionSpec(d_model=6, num_heads=2)
 WEIGHTS = init_weights(SPEC, seed=1)

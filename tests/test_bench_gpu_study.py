@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from bench import flops, gpu_report
-from bench.case import build
-from bench.records import new_record
-from bench.runner import plan
-from bench.sweeps import GPU_SWEEPS, Config, Point, sweep
-from impls.backends import framework_status
-from impls.spec import AttentionSpec
+from attnsuite.bench import flops, gpu_report
+from attnsuite.bench.case import build
+from attnsuite.bench.records import new_record
+from attnsuite.bench.runner import plan
+from attnsuite.bench.sweeps import GPU_SWEEPS, Config, Point, sweep
+from attnsuite.impls.backends import framework_status
+from attnsuite.impls.spec import AttentionSpec
 
 TINY = Config(batch=1, L_q=16, L_k=16, d_model=32, heads=4, kv_heads=4, dtype="float32",
               causal=False, device="cpu")
@@ -35,7 +35,7 @@ def test_gpu_sweeps_refuse_the_cpu(name):
 
 
 def test_asking_the_cli_for_a_gpu_sweep_on_the_cpu_is_a_usage_error(capsys):
-    from bench import cli
+    from attnsuite.bench import cli
 
     assert cli.main(["torch.fused", "--sweep", "gpu-core", "--device", "cpu"]) == 2
     assert "--device gpu" in capsys.readouterr().err
@@ -104,7 +104,7 @@ def test_a_core_case_has_heads_and_no_weights(framework):
 
 def test_jax_reports_the_compiled_programs_memory():
     _require("jax")
-    from bench.frameworks import jax as jax_timing
+    from attnsuite.bench.frameworks import jax as jax_timing
 
     case = build("core.jax.fused", TINY)
     jitted, _ = case.prepare("forward", "jit")

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bench import flops, timing
-from impls.spec import AttentionSpec
+from attnsuite.bench import flops, timing
+from attnsuite.impls.spec import AttentionSpec
 
 
 # --- FLOPs -------------------------------------------------------------------------------
@@ -133,5 +133,5 @@ def test_measurement_statistics():
     ((1.0, 4.0), (2.0, 3.0), True),    # one inside the other
 ])
 def test_two_timings_agree_when_their_iqrs_overlap(a, b, expected):
-    from bench.agreement import agree
+    from attnsuite.bench.agreement import agree
     assert agree(a, b) is expected, f"IQRs {a} and {b}"

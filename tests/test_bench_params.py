@@ -7,14 +7,15 @@ import os
 
 import pytest
 
-from bench.case import build
-from bench.sweeps import Config, Point
-from bench.worker import Worker
+from attnsuite.bench.case import build
+from attnsuite.bench.sweeps import Config, Point
+from attnsuite.bench.worker import Worker
 from conftest import require
-from impls.errors import Unsupported
-from impls.registry import REGISTRY, Entry
-from impls.spec import AttentionSpec
-from impls.weights import init_weights, param_count
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.entry import Entry
+from attnsuite.impls.registry import REGISTRY
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights, param_count
 
 SPEC_COUNT = 1_050_624
 CONFIG = Config(batch=1, L_q=4, L_k=4, d_model=512, heads=8, kv_heads=8, dtype="float32",

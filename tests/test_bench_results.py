@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import cli, report, store
-from bench.records import new_record
-from bench.sweeps import Config, Point
+from attnsuite.bench import cli, report, store
+from attnsuite.bench.records import new_record
+from attnsuite.bench.sweeps import Config, Point
 
 CONFIG = Config(batch=1, L_q=128, L_k=128, d_model=64, heads=4, kv_heads=4, dtype="float32",
                 causal=False, device="cpu")
@@ -60,7 +60,7 @@ def test_records_survive_a_killed_writer(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from bench import store
+        from attnsuite.bench import store
         payload = "x" * 20000  # records far larger than a pipe buffer or a page
         for i in range(10**9):
             store.append({str(tmp_path)!r}, {{"record_id": str(i), "payload": payload}})

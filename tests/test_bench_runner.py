@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from bench.runner import Runner
-from bench.store import load
-from bench.sweeps import Budget, Config
-from impls import oracle
+from attnsuite.bench.runner import Runner
+from attnsuite.bench.store import load
+from attnsuite.bench.sweeps import Budget, Config
+from attnsuite.impls import oracle
 
 TRIGGER_LENGTH = 16
 LENGTHS = (8, TRIGGER_LENGTH, 32)
@@ -41,7 +41,7 @@ def hanging(spec):
 
 
 def test_quick_sweep_on_the_oracle_writes_every_report_file(tmp_path):
-    from bench import cli, report  # pandas and matplotlib: not for the plug-in's worker to import
+    from attnsuite.bench import cli, report  # pandas and matplotlib: not for the plug-in's worker to import
 
     # One thread: a 2-thread BLAS on a busy 2-core machine slows down tenfold.
     assert cli.main(["numpy.oracle", "--sweep", "quick", "--threads", "1", "--out", str(tmp_path)]) == 0
@@ -82,7 +82,7 @@ def test_an_interrupted_sweep_keeps_its_records_and_leaves_no_worker_behind(tmp_
     runner must end it; every record stored before the interrupt stays."""
     import subprocess
 
-    from bench import runner as runner_module
+    from attnsuite.bench import runner as runner_module
 
     started, real_popen = [], subprocess.Popen
 

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from conformance.checks import CheckResult
-from conformance.runner import ImplResult, check
-from impls.backends import framework_status
-from impls.broken import BROKEN, CAUGHT_BY, CATEGORIES, Expect
+from attnsuite.conformance.checks import CheckResult
+from attnsuite.conformance.runner import ImplResult, check
+from attnsuite.impls.backends import framework_status
+from attnsuite.impls.broken import BROKEN, CAUGHT_BY, CATEGORIES, Expect
 
 # JAX first: its eager op-by-op compilation makes it the slowest worker.
 FRAMEWORKS = ("jax", "tensorflow", "torch")
 # The correct layer each framework's bugs are built on: the gate must pass it, so that a
 # failure of a bug is the bug's.
-CONTROLS = {fw: f"{fw}:impls.broken.{fw}:Attention" for fw in FRAMEWORKS}
+CONTROLS = {fw: f"{fw}:attnsuite.impls.broken.{fw}:Attention" for fw in FRAMEWORKS}
 # The bugs of the classic tutorial layer (shared/seed/README.md), each in the catalog.
 TUTORIAL_BUGS = ("output_p_times_v_transposed", "own_position_excluded", "projections_sized_d_k",
                  "heads_merged_without_batch", "dropout_at_inference", "mask_polarity_inverted")
@@ -160,7 +160,7 @@ def test_every_entry_is_a_named_broken_factory():
     for entry in BROKEN:
         framework, factory = entry.name.split(".")[1:]
         assert entry.kind == "broken" and entry.framework == framework, entry
-        assert entry.target == f"impls.broken.{framework}:{factory}", entry
+        assert entry.target == f"attnsuite.impls.broken.{framework}:{factory}", entry
         assert CAUGHT_BY[entry.name].checks, f"{entry.name}: no check is said to catch it"
 
 

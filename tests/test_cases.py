@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 
-from conformance.cases import (HUGE_VALUE, OVERFLOW_LOGIT, PROFILES, Case, case_strategy, catalog,
+from attnsuite.conformance.cases import (HUGE_VALUE, OVERFLOW_LOGIT, PROFILES, Case, case_strategy, catalog,
                                extreme_visible_logit, find_case)
-from conformance.checks import Options, Subject, judge_case, reference
-from impls.backends import load_backend
-from impls.oracle import rounding, structural_mask, visibility
-from impls.spec import AttentionSpec
+from attnsuite.conformance.checks import Options, Subject, judge_case, reference
+from attnsuite.impls.backends import load_backend
+from attnsuite.impls.oracle import rounding, structural_mask, visibility
+from attnsuite.impls.spec import AttentionSpec
 from tests.plugins import numpy_impls
 
 DEFAULT = catalog("default")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs, require
-from impls import AttentionSpec, init_weights, oracle
+from attnsuite.impls import AttentionSpec, init_weights, oracle
 
 jb = require("jax")
 import flax.linen as nn  # noqa: E402  (after the skip)
@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from impls.convert import flax as convert  # noqa: E402
+from attnsuite.impls.convert import flax as convert  # noqa: E402
 
 S = AttentionSpec
 B, L_Q, L_K = 2, 4, 6

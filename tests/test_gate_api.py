@@ -1,4 +1,4 @@
-"""``conformance.runner.check``: verdicts, statuses and tags on NumPy implementations,
+"""``attnsuite.conformance.runner.check``: verdicts, statuses and tags on NumPy implementations,
 the failure modes of plug-ins, the same answers in one process or in workers, and the
 workers' environment (the GPU hidden from a CPU run, JAX's capped compile cache)."""
 
@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import runner
-from conformance.checks import Options
-from conformance.runner import check
+from attnsuite.conformance import runner
+from attnsuite.conformance.checks import Options
+from attnsuite.conformance.runner import check
 from conftest import require
-from impls.registry import find_entry
+from attnsuite.impls.registry import find_entry
 
 P = "numpy:tests.plugins.numpy_impls:"
 F32 = ["float32"]

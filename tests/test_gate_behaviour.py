@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.cases import find_case
-from conformance.checks import DROPOUT_RATE_SLACK, dropout_probe
-from conformance.runner import check
-from impls import oracle
+from attnsuite.conformance.cases import find_case
+from attnsuite.conformance.checks import DROPOUT_RATE_SLACK, dropout_probe
+from attnsuite.conformance.runner import check
+from attnsuite.impls import oracle
 
 P = "numpy:tests.plugins.numpy_impls:"
 F32 = ["float32"]

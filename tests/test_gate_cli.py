@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from attnsuite.cli import main as attnsuite_main
-from conformance.cli import main
+from attnsuite.conformance.cli import main
 
 P = "numpy:tests.plugins.numpy_impls:"
 BROKEN_IMPORT = "numpy:tests.plugins.broken_import:factory"

@@ -8,7 +8,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conformance.cases import catalog
+from attnsuite.conformance.cases import catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 P = "numpy:tests.plugins.numpy_impls:"

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from conformance import report
-from conformance.runner import check
+from attnsuite.conformance import report
+from attnsuite.conformance.runner import check
 
 P = "numpy:tests.plugins.numpy_impls:"
 

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from conformance.cli import main
-from conformance.runner import check
-from conformance.weights import load_weights, save_weights
-from impls import init_weights
-from impls.spec import AttentionSpec
+from attnsuite.conformance.cli import main
+from attnsuite.conformance.runner import check
+from attnsuite.conformance.weights import load_weights, save_weights
+from attnsuite.impls import init_weights
+from attnsuite.impls.spec import AttentionSpec
 
 P = "numpy:tests.plugins.numpy_impls:"
 SPEC = AttentionSpec(12, 4, num_kv_heads=2, kdim=6, value_head_dim=2, out_dim=5, causal="top_left")

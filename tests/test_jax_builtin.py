@@ -15,16 +15,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.case import build
-from bench.sweeps import Config
+from attnsuite.bench.case import build
+from attnsuite.bench.sweeps import Config
 from conftest import make_inputs, require
 from feature_cases import TOL, assert_close, assert_grads_close
-from impls import AttentionSpec, init_weights, oracle, param_count
-from impls.errors import Unsupported
+from attnsuite.impls import AttentionSpec, init_weights, oracle, param_count
+from attnsuite.impls.errors import Unsupported
 
 jb = require("jax")
-from impls.builtin import flax as builtin_flax  # noqa: E402  (after the skip)
-from impls.builtin import jax as builtin_jax  # noqa: E402
+from attnsuite.impls.builtin import flax as builtin_flax  # noqa: E402  (after the skip)
+from attnsuite.impls.builtin import jax as builtin_jax  # noqa: E402
 
 S = AttentionSpec
 B, L_Q, L_K = 2, 4, 6

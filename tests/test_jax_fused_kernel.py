@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from conftest import require
-from conformance import tolerance
-from conformance.cases import Case
-from conformance.checks import reference
-from impls import AttentionSpec, init_weights, oracle
+from attnsuite.conformance import tolerance
+from attnsuite.conformance.cases import Case
+from attnsuite.conformance.checks import reference
+from attnsuite.impls import AttentionSpec, init_weights, oracle
 
 jb = require("jax")
 import jax  # noqa: E402  (after the skip)
 import jax.numpy as jnp  # noqa: E402
 
-from impls.ours import jax as ours  # noqa: E402
+from attnsuite.impls.ours import jax as ours  # noqa: E402
 
 S = AttentionSpec
 REAL_KERNEL = jax.nn.dot_product_attention

@@ -9,14 +9,14 @@ import pytest
 
 from conftest import make_inputs, require
 from feature_cases import B, LAYER_SPEC, MULTI_QUERY, TOL, assert_close, assert_grads_close
-from impls import init_weights, oracle
-from impls.weights import weight_shapes
+from attnsuite.impls import init_weights, oracle
+from attnsuite.impls.weights import weight_shapes
 
 jb = require("jax")
 import jax  # noqa: E402  (after the skip)
 import jax.numpy as jnp  # noqa: E402
 
-from impls.ours import jax as ours  # noqa: E402
+from attnsuite.impls.ours import jax as ours  # noqa: E402
 
 
 def test_dropout_drops_a_fraction_p_and_rescales_the_rest():

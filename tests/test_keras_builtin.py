@@ -19,7 +19,7 @@ import pytest
 
 from conftest import make_inputs, require
 from feature_cases import SCALE_OF
-from impls import AttentionSpec, Unsupported, init_weights, oracle
+from attnsuite.impls import AttentionSpec, Unsupported, init_weights, oracle
 
 S = AttentionSpec
 FRAMEWORKS = ("tensorflow", "jax", "torch")
@@ -64,8 +64,8 @@ def _smoke(backend, fn) -> dict:
 
 
 def _fully_masked(backend, factory, dropout: float) -> dict:
-    from conformance.cases import Case
-    from conformance.checks import classify_fully_masked, reference
+    from attnsuite.conformance.cases import Case
+    from attnsuite.conformance.checks import classify_fully_masked, reference
 
     case = Case(SMOKE_SPEC.replace(causal=None, dropout=dropout), **SHAPE, dtype="float64",
                 mask="fully_masked_rows")
@@ -100,8 +100,8 @@ def observe_here(framework: str) -> dict:
     """Run every observation in this process (Keras must already be on ``framework``)."""
     import keras
 
-    from impls.backends import load_backend
-    from impls.builtin.keras import multi_head_attention
+    from attnsuite.impls.backends import load_backend
+    from attnsuite.impls.builtin.keras import multi_head_attention
 
     assert keras.backend.backend() == framework, (keras.backend.backend(), framework)
     backend = load_backend(framework)
@@ -161,7 +161,7 @@ def tf_keras():
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != "tensorflow":
         pytest.skip(f"this process runs Keras on {keras.backend.backend()}")
-    from impls.builtin.keras import multi_head_attention
+    from attnsuite.impls.builtin.keras import multi_head_attention
     return tb, multi_head_attention
 
 

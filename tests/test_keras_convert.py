@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs, require
-from impls import AttentionSpec, init_weights, oracle, weight_shapes
+from attnsuite.impls import AttentionSpec, init_weights, oracle, weight_shapes
 
 require("tensorflow")
 import keras  # noqa: E402  (after the skip)
 
-from impls.convert import keras as convert  # noqa: E402
+from attnsuite.impls.convert import keras as convert  # noqa: E402
 
 S = AttentionSpec
 SPECS = [S(8, 2), S(8, 2, bias=False), S(8, 4, kdim=5, vdim=7, out_dim=6),

@@ -13,14 +13,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bench.case import head_arrays
-from bench.sweeps import Config
-from impls import oracle
-from impls.backends import framework_status, load_backend
-from impls.errors import Unsupported
-from impls.kernels import KERNELS, ours_for
-from impls.registry import REGISTRY, find_entry, load_factory
-from impls.spec import AttentionSpec
+from attnsuite.bench.case import head_arrays
+from attnsuite.bench.sweeps import Config
+from attnsuite.impls import oracle
+from attnsuite.impls.backends import framework_status, load_backend
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.kernels import KERNELS, ours_for
+from attnsuite.impls.registry import REGISTRY, find_entry, load_factory
+from attnsuite.impls.spec import AttentionSpec
 
 CONFIGS = [Config(batch=2, L_q=L_q, L_k=L_k, d_model=32, heads=4, kv_heads=4, dtype="float32",
                   causal=causal, device="cpu")
@@ -52,7 +52,7 @@ def test_kernels_resolve_by_name_but_stay_out_of_the_registry():
         assert kernel.name.startswith("core.") and kernel.kind == "kernel", kernel
         assert find_entry(kernel.name) == kernel
         assert kernel.name not in registered, kernel.name
-        assert kernel.target.startswith(f"impls.kernels.{kernel.framework}:"), kernel
+        assert kernel.target.startswith(f"attnsuite.impls.kernels.{kernel.framework}:"), kernel
     for framework in {k.framework for k in KERNELS}:
         assert find_entry(ours_for(framework)).framework == framework
 

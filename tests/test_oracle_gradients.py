@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import make_inputs
-from impls import oracle
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.impls import oracle
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 EPS = 1e-6        # the step of the central differences: truncation error ~EPS**2
 RTOL = 1e-6       # of the largest entry of each gradient

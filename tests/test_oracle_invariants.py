@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import make_inputs
-from impls import oracle
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.impls import oracle
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 
 def visible_by_rule(spec: AttentionSpec, L_q: int, L_k: int) -> np.ndarray:

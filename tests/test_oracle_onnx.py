@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs
-from impls import oracle
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.impls import oracle
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[test]'): "
                                           "the cross-check against ONNX's reference Attention needs it")

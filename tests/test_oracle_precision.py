@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs
-from conformance.cases import catalog
-from conformance.checks import reference
-from conformance.tolerance import BASELINE_RULE, compare
-from impls import oracle
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.conformance.cases import catalog
+from attnsuite.conformance.checks import reference
+from attnsuite.conformance.tolerance import BASELINE_RULE, compare
+from attnsuite.impls import oracle
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 # The full profile's cases whose output-bias gradient sums 100 rows or more.
 LONG_SUMS = [c for c in catalog("full", dtypes=list(BASELINE_RULE))

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from impls import oracle
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.impls import oracle
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 SPEC = AttentionSpec(6, 2, kdim=4, vdim=5)  # E=6, E_k=4, E_v=5, H=2
 B, L_q, L_k = 2, 3, 4

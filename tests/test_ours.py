@@ -16,7 +16,7 @@ import pytest
 from conftest import make_inputs, require
 from feature_cases import (B, CASE, CASES, MULTI_QUERY, SQUARE, TOL, Case, assert_close,
                            assert_grads_close, case_arrays)
-from impls import AttentionSpec, init_weights, oracle
+from attnsuite.impls import AttentionSpec, init_weights, oracle
 
 S = AttentionSpec
 PATHS = ("explicit", "fused")
@@ -46,7 +46,7 @@ FRAMEWORKS = {
 
 def load(framework: str):
     """(adapter, our implementation module) of ``framework``; a skip when it is missing."""
-    return require(framework), importlib.import_module(f"impls.ours.{framework}")
+    return require(framework), importlib.import_module(f"attnsuite.impls.ours.{framework}")
 
 
 @contextlib.contextmanager

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs
-from impls import oracle, registry
-from impls.backends import FRAMEWORKS
-from impls.backends import numpy as numpy_backend
-from impls.errors import PluginError
-from impls.spec import AttentionSpec
-from impls.weights import init_weights
+from attnsuite.impls import oracle, registry
+from attnsuite.impls.backends import FRAMEWORKS
+from attnsuite.impls.backends import numpy as numpy_backend
+from attnsuite.impls.errors import PluginError
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import init_weights
 
 
 def _plugin_error(name: str) -> str:
@@ -24,9 +24,9 @@ def _plugin_error(name: str) -> str:
 
 
 def test_a_plugin_name_resolves_to_its_factory():
-    entry, factory = registry.resolve("numpy:impls.oracle:factory")
+    entry, factory = registry.resolve("numpy:attnsuite.impls.oracle:factory")
     assert factory is oracle.factory
-    assert (entry.framework, entry.target, entry.kind) == ("numpy", "impls.oracle:factory", "plugin")
+    assert (entry.framework, entry.target, entry.kind) == ("numpy", "attnsuite.impls.oracle:factory", "plugin")
 
 
 def test_a_plugin_module_on_sys_path_resolves(tmp_path, monkeypatch):
@@ -37,21 +37,21 @@ def test_a_plugin_module_on_sys_path_resolves(tmp_path, monkeypatch):
     assert factory(AttentionSpec(8, 2)) == "fn for 2"
 
 
-@pytest.mark.parametrize("name", ["numpy:impls.oracle", "numpy:impls.oracle:factory:extra",
-                                  "numpy::factory", ":impls.oracle:factory", "numpy:impls.oracle:"])
+@pytest.mark.parametrize("name", ["numpy:attnsuite.impls.oracle", "numpy:attnsuite.impls.oracle:factory:extra",
+                                  "numpy::factory", ":attnsuite.impls.oracle:factory", "numpy:attnsuite.impls.oracle:"])
 def test_a_malformed_plugin_name(name):
     assert "FRAMEWORK:module.path:factory" in _plugin_error(name)
 
 
 def test_an_unknown_framework():
-    message = _plugin_error("mxnet:impls.oracle:factory")
+    message = _plugin_error("mxnet:attnsuite.impls.oracle:factory")
     assert "unknown framework 'mxnet'" in message and "torch" in message, message
 
 
 def test_a_framework_that_is_not_installed(monkeypatch):
     monkeypatch.setattr(registry, "framework_status",
                         lambda framework: (False, f"{framework} is not installed (pip install it)"))
-    message = _plugin_error("torch:impls.oracle:factory")
+    message = _plugin_error("torch:attnsuite.impls.oracle:factory")
     assert "framework 'torch' is not available: torch is not installed" in message, message
 
 
@@ -70,12 +70,12 @@ def test_a_module_that_does_not_exist():
 
 
 def test_a_missing_attribute():
-    message = _plugin_error("numpy:impls.oracle:no_such_factory")
-    assert "'impls.oracle' has no attribute 'no_such_factory'" in message, message
+    message = _plugin_error("numpy:attnsuite.impls.oracle:no_such_factory")
+    assert "'attnsuite.impls.oracle' has no attribute 'no_such_factory'" in message, message
 
 
 def test_an_attribute_that_is_not_callable():
-    message = _plugin_error("numpy:impls.oracle:_ROUNDING_DTYPES")
+    message = _plugin_error("numpy:attnsuite.impls.oracle:_ROUNDING_DTYPES")
     assert "is a dict, not a callable factory" in message, message
 
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from impls.spec import AttentionSpec
-from impls.weights import param_count, weight_shapes
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import param_count, weight_shapes
 
 # Each row: the keyword arguments of an invalid spec, and the field its ValueError must name.
 INVALID = [

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from impls import AttentionSpec, Unsupported, init_weights
+from attnsuite.impls import AttentionSpec, Unsupported, init_weights
 
 tb = require("tensorflow")
 import tensorflow as tf  # noqa: E402  (after the skip)

@@ -9,16 +9,16 @@ import pytest
 
 from conftest import make_inputs, require
 from feature_cases import B, LAYER_SPEC, TOL, assert_close, assert_grads_close
-from impls import AttentionSpec, Unsupported, init_weights, oracle
+from attnsuite.impls import AttentionSpec, Unsupported, init_weights, oracle
 
 tb = require("tensorflow")
 import keras  # noqa: E402  (after the skip)
 import tensorflow as tf  # noqa: E402
 
-from conformance.cases import Case as ConformanceCase  # noqa: E402
-from conformance.checks import dropout_probe  # noqa: E402
-from impls.convert import keras as convert  # noqa: E402
-from impls.ours import tensorflow as ours  # noqa: E402
+from attnsuite.conformance.cases import Case as ConformanceCase  # noqa: E402
+from attnsuite.conformance.checks import dropout_probe  # noqa: E402
+from attnsuite.impls.convert import keras as convert  # noqa: E402
+from attnsuite.impls.ours import tensorflow as ours  # noqa: E402
 
 S = AttentionSpec
 PATHS = {"explicit": ours.explicit, "fused": ours.fused}

@@ -7,9 +7,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from conformance.cases import catalog
-from conformance.tolerance import BASELINE_RULE, CLOSENESS, compare
-from impls import oracle
+from attnsuite.conformance.cases import catalog
+from attnsuite.conformance.tolerance import BASELINE_RULE, CLOSENESS, compare
+from attnsuite.impls import oracle
 from tests.plugins.numpy_impls import attend
 
 # A few numeric cases of different shapes and features, from the catalog itself.

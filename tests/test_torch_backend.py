@@ -4,7 +4,7 @@ is checked for every framework in tests/test_backends.py."""
 import numpy as np
 
 from conftest import require
-from impls import AttentionSpec, init_weights
+from attnsuite.impls import AttentionSpec, init_weights
 
 tb = require("torch")
 import torch  # noqa: E402  (after the skip)

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import make_inputs, require
 from feature_cases import TOL, assert_close, assert_grads_close
-from impls import AttentionSpec, Unsupported, init_weights, oracle
+from attnsuite.impls import AttentionSpec, Unsupported, init_weights, oracle
 
 tb = require("torch")
-from impls.builtin import torch as builtin  # noqa: E402
+from attnsuite.impls.builtin import torch as builtin  # noqa: E402
 
 S = AttentionSpec
 FACTORIES = {"nn.MultiheadAttention": builtin.multihead_attention, "sdpa": builtin.sdpa}

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs, require
-from impls import AttentionSpec, init_weights, oracle
+from attnsuite.impls import AttentionSpec, init_weights, oracle
 
 require("torch")
 import torch  # noqa: E402  (after the skip)
 from torch import nn  # noqa: E402
 
-from impls.convert import torch as convert  # noqa: E402
-from impls.ours.torch import MultiHeadAttention  # noqa: E402
+from attnsuite.impls.convert import torch as convert  # noqa: E402
+from attnsuite.impls.ours.torch import MultiHeadAttention  # noqa: E402
 
 S = AttentionSpec
 MHA_SPECS = {

@@ -8,13 +8,13 @@ import pytest
 
 from conftest import make_inputs, require
 from feature_cases import B, LAYER_SPEC, TOL, assert_close, assert_grads_close
-from impls import AttentionSpec, init_weights, oracle
+from attnsuite.impls import AttentionSpec, init_weights, oracle
 
 require("torch")
 import torch  # noqa: E402  (after the skip)
 
-from impls.convert import torch as convert  # noqa: E402
-from impls.ours import torch as ours  # noqa: E402
+from attnsuite.impls.convert import torch as convert  # noqa: E402
+from attnsuite.impls.ours import torch as ours  # noqa: E402
 
 S = AttentionSpec
 

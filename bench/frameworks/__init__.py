@@ -1,6 +1,6 @@
 """Per-framework timing code: one module per framework, the same functions in each.
 
-Each of ``bench.frameworks.{numpy,torch,tensorflow,jax}`` defines
+Each of ``attnsuite.bench.frameworks.{numpy,torch,tensorflow,jax}`` defines
 
 - ``COMPILE``: compile mode -> what it means there ("eager", "jit", "xla"; see sweeps);
 - ``configure(threads)``: cap the CPU threads (None: the framework's default), before
@@ -16,7 +16,7 @@ Each of ``bench.frameworks.{numpy,torch,tensorflow,jax}`` defines
 - ``reset_peak_memory(device)`` and ``peak_memory(device) -> (bytes, method)``;
 - ``is_layer(value)`` and ``layer_params(layer, inputs) -> int``: what counts as a layer
   there (torch ``nn.Module``, Keras ``Layer``, ``tf.Module``, flax modules) and how many
-  variables it holds (see ``bench.case.Case.count_params``);
+  variables it holds (see ``attnsuite.bench.case.Case.count_params``);
 - ``compiled_memory(call) -> (bytes, method)``: the temporary memory of the compiled
   program behind a prepared ``call`` (None where there is no such program or count);
 - ``matmul(n, dtype, device) -> (call, block)``: an n×n matmul, for the measured peak;
@@ -40,7 +40,7 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def load(framework: str) -> ModuleType:
-    return importlib.import_module(f"bench.frameworks.{framework}")
+    return importlib.import_module(f"attnsuite.bench.frameworks.{framework}")
 
 
 # --- CPU memory: the process's peak resident set --------------------------------------

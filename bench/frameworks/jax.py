@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bench.frameworks import is_keras_layer, keras_layer_count, reset_rss_peak, rss_peak, sources_of
+from attnsuite.bench.frameworks import is_keras_layer, keras_layer_count, reset_rss_peak, rss_peak, sources_of
 
 COMPILE = {"eager": "op-by-op JAX", "jit": "jax.jit"}
 

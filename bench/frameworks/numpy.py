@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.frameworks import reset_rss_peak, rss_peak
-from impls.errors import Unsupported
+from attnsuite.bench.frameworks import reset_rss_peak, rss_peak
+from attnsuite.impls.errors import Unsupported
 
 COMPILE = {"eager": "plain NumPy"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from bench.frameworks import is_keras_layer, keras_layer_count, reset_rss_peak, rss_peak, sources_of
+from attnsuite.bench.frameworks import is_keras_layer, keras_layer_count, reset_rss_peak, rss_peak, sources_of
 
 COMPILE = {"eager": "eager TensorFlow", "jit": "tf.function", "xla": "tf.function(jit_compile=True)"}
 _DEVICES = {"cpu": "/CPU:0", "gpu": "/GPU:0"}

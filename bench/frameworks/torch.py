@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.frameworks import is_keras_layer, keras_layer_count, reset_rss_peak, rss_peak, sources_of
+from attnsuite.bench.frameworks import is_keras_layer, keras_layer_count, reset_rss_peak, rss_peak, sources_of
 
 COMPILE = {"eager": "eager PyTorch", "jit": "torch.compile (inductor)"}
 _DEVICES = {"cpu": "cpu", "gpu": "cuda"}

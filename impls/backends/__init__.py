@@ -1,6 +1,6 @@
 """Framework adapters: one module per framework, the same functions in each.
 
-Each of ``impls.backends.{numpy,torch,tensorflow,jax}`` defines
+Each of ``attnsuite.impls.backends.{numpy,torch,tensorflow,jax}`` defines
 
 - ``devices() -> list[str]``: "cpu", and "gpu" where one is present;
 - ``dtypes(device) -> list[str]``: which of float64, float32, float16, bfloat16 it runs;
@@ -48,4 +48,4 @@ def load_backend(framework: str) -> ModuleType:
     available, reason = framework_status(framework)
     if not available:
         raise ImportError(reason)
-    return importlib.import_module(f"impls.backends.{framework}")
+    return importlib.import_module(f"attnsuite.impls.backends.{framework}")

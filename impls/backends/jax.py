@@ -23,8 +23,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from impls.backends.common import convert_inputs  # noqa: E402
-from impls.errors import Unsupported  # noqa: E402
+from attnsuite.impls.backends.common import convert_inputs  # noqa: E402
+from attnsuite.impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
     "float64": jnp.float64,

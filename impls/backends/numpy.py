@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from impls.backends.common import convert_inputs
-from impls.errors import Unsupported
+from attnsuite.impls.backends.common import convert_inputs
+from attnsuite.impls.errors import Unsupported
 
 _DTYPES = {"float64": np.float64, "float32": np.float32}
 

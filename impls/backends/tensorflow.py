@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the import: quiet s
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from impls.backends.common import convert_inputs  # noqa: E402
-from impls.errors import Unsupported  # noqa: E402
+from attnsuite.impls.backends.common import convert_inputs  # noqa: E402
+from attnsuite.impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
     "float64": tf.float64,

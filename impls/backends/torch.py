@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from impls.backends.common import convert_inputs
-from impls.errors import Unsupported
+from attnsuite.impls.backends.common import convert_inputs
+from attnsuite.impls.errors import Unsupported
 
 _DTYPES = {
     "float64": torch.float64,

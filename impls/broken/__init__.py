@@ -1,7 +1,7 @@
 """The catalog of deliberately broken implementations, and what must catch each.
 
 The suite is only as good as the bugs it catches. Each entry names a factory in
-``impls.broken.{tensorflow,torch,jax}`` that gets one thing wrong the way a person
+``attnsuite.impls.broken.{tensorflow,torch,jax}`` that gets one thing wrong the way a person
 plausibly would, and an ``Expect``: the conformance gate must fail (or error) on it with
 a failing check that matches ``checks``, in a case whose tags match ``tags``.
 ``tests/test_broken_catalog.py`` runs the gate on every entry and holds it to that.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from impls.registry import Entry
+from attnsuite.impls.entry import Entry
 
 
 CATEGORIES = {
@@ -150,7 +150,7 @@ def _catalog() -> tuple[tuple[Entry, ...], dict[str, Expect]]:
     entries, caught_by = [], {}
     for framework, factory, what, expect in _rows():
         name = f"broken.{framework}.{factory}"
-        entries.append(Entry(name, framework, f"impls.broken.{framework}:{factory}",
+        entries.append(Entry(name, framework, f"attnsuite.impls.broken.{framework}:{factory}",
                              f"broken: {what}", kind="broken"))
         caught_by[name] = expect
     return tuple(entries), caught_by

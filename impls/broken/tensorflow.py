@@ -2,7 +2,7 @@
 
 ``Attention`` is a correct layer in plain TensorFlow ops, one method per step; each
 factory below returns a subclass that gets exactly one step wrong, in the code a person
-would plausibly write. The catalog (``impls.broken``) says which check must catch each.
+would plausibly write. The catalog (``attnsuite.impls.broken``) says which check must catch each.
 """
 
 from __future__ import annotations

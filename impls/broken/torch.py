@@ -2,7 +2,7 @@
 
 ``Attention`` is a correct module-free layer in plain torch ops, one method per step;
 each factory below returns a subclass that gets exactly one step wrong, in the code a
-person would plausibly write. The catalog (``impls.broken``) says which check must
+person would plausibly write. The catalog (``attnsuite.impls.broken``) says which check must
 catch each.
 """
 

@@ -1,7 +1,7 @@
 """flax's attention layers behind the suite's contract, with their own semantics.
 
 Each factory builds the layer from the spec and converts the canonical params to the
-layer's tree inside ``fn`` (``impls.convert.flax``), so ``jax.vjp`` reaches the canonical
+layer's tree inside ``fn`` (``attnsuite.impls.convert.flax``), so ``jax.vjp`` reaches the canonical
 params through the conversion. Every feature goes through the layer's own option: the
 mask argument (True = attend), causal masking as flax offers it, ``deterministic`` and
 its dropout. What the layer has no option for raises ``Unsupported``; what it does
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from impls.convert.flax import to_linen, to_nnx
-from impls.errors import Unsupported
-from impls.spec import AttentionSpec
+from attnsuite.impls.convert.flax import to_linen, to_nnx
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.spec import AttentionSpec
 
 
 def _require_common(spec: AttentionSpec, layer: str) -> None:

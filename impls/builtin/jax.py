@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import jax
 
-from impls.errors import Unsupported
-from impls.ours.jax import output, project
-from impls.spec import AttentionSpec
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.ours.jax import output, project
+from attnsuite.impls.spec import AttentionSpec
 
 _NAME = "jax.nn.dot_product_attention"
 

@@ -42,9 +42,9 @@ import random
 
 import keras
 
-from impls.convert.keras import canonical_to_keras, in_layer_order
-from impls.errors import Unsupported
-from impls.spec import AttentionSpec
+from attnsuite.impls.convert.keras import canonical_to_keras, in_layer_order
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.spec import AttentionSpec
 
 _HAS_SLIDING_WINDOW = "sliding_window" in inspect.signature(
     keras.layers.MultiHeadAttention.__init__).parameters

@@ -7,7 +7,7 @@ a user to; nothing is fixed up (a fully masked row gives whatever the layer give
 - ``multihead_attention``: ``torch.nn.MultiheadAttention(batch_first=True)``, called
   with ``need_weights=False`` (the SDPA path its docs recommend, and what
   ``nn.TransformerEncoderLayer`` uses). Its weights are built from the canonical
-  ``params`` inside ``fn`` by ``impls.convert.torch`` and applied with
+  ``params`` inside ``fn`` by ``attnsuite.impls.convert.torch`` and applied with
   ``torch.func.functional_call``, so gradients reach ``params``. Masks: its boolean
   ``attn_mask`` is True = NOT allowed, so ours is inverted; a rank-4 mask is given in its
   (B*H, L_q, L_k) form; an additive bias is a float ``attn_mask`` (-inf where masked).
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from impls.convert import torch as convert
-from impls.errors import Unsupported
-from impls.ours.torch import (causal_lower_right, merge_heads, project, project_heads, seeded,
+from attnsuite.impls.convert import torch as convert
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.ours.torch import (causal_lower_right, merge_heads, project, project_heads, seeded,
                               visible_keys)
-from impls.spec import AttentionSpec
+from attnsuite.impls.spec import AttentionSpec
 
 
 def _bias_with_mask(bias, visible):

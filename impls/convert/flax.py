@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from impls.spec import AttentionSpec
-from impls.weights import check_weights, weight_shapes
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import check_weights, weight_shapes
 
 # Canonical name -> (flax layer, leaf): "wq" -> ("query", "kernel"), "bo" -> ("out", "bias").
 _LAYER = {"q": "query", "k": "key", "v": "value", "o": "out"}

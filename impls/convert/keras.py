@@ -1,5 +1,5 @@
 """Weight converters: canonical <-> ``keras.layers.MultiHeadAttention``, and canonical <->
-our Keras layer (``impls.ours.tensorflow.MultiHeadAttention``).
+our Keras layer (``attnsuite.impls.ours.tensorflow.MultiHeadAttention``).
 
 Keras names each weight by its sublayer and keeps heads on their own axis:
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from impls.spec import AttentionSpec
-from impls.weights import weight_shapes
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import weight_shapes
 
 # Canonical projection -> Keras sublayer name.
 SUBLAYERS = {"q": "query", "k": "key", "v": "value", "o": "attention_output"}

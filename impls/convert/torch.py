@@ -11,7 +11,7 @@ Two targets:
 - ``torch.nn.MultiheadAttention``: ``in_proj_weight`` (3E, E) stacks q, k, v when
   kdim == vdim == E, else ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``;
   ``in_proj_bias`` (3E,) stacks the three biases either way; ``out_proj.{weight,bias}``.
-- our ``impls.ours.torch.MultiHeadAttention``: one ``nn.Linear`` per projection,
+- our ``attnsuite.impls.ours.torch.MultiHeadAttention``: one ``nn.Linear`` per projection,
   ``{q,k,v,out}_proj.{weight,bias}``.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from impls.spec import AttentionSpec
+from attnsuite.impls.spec import AttentionSpec
 
 # Canonical projection letter -> our Module's nn.Linear attribute.
 MODULE_LAYERS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}

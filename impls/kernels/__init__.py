@@ -3,7 +3,7 @@
 A layer's cost is its projections plus its attention core; to say whether our fused
 path is as fast as the best kernel a framework has, the cores are timed alone, on
 already projected heads. Each entry names a factory ``factory(spec) -> fn`` in
-``impls.kernels.{torch,jax}`` with
+``attnsuite.impls.kernels.{torch,jax}`` with
 
     fn(params, q, k, v) -> per-head outputs
 
@@ -19,11 +19,11 @@ list them (it checks our cores through ``torch.fused``/``jax.fused``).
 
 from __future__ import annotations
 
-from impls.registry import Entry
+from attnsuite.impls.entry import Entry
 
 
 def _k(name: str, framework: str, attr: str, description: str) -> Entry:
-    return Entry(name, framework, f"impls.kernels.{framework}:{attr}", description, "kernel")
+    return Entry(name, framework, f"attnsuite.impls.kernels.{framework}:{attr}", description, "kernel")
 
 
 KERNELS: tuple[Entry, ...] = (

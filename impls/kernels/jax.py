@@ -1,11 +1,11 @@
-"""JAX attention cores (see ``impls.kernels``): ours, and ``jax.nn.dot_product_attention``
+"""JAX attention cores (see ``attnsuite.impls.kernels``): ours, and ``jax.nn.dot_product_attention``
 with each of its implementations pinned."""
 
 from __future__ import annotations
 
-from impls.builtin import jax as builtin
-from impls.ours.jax import fused_attention
-from impls.spec import AttentionSpec
+from attnsuite.impls.builtin import jax as builtin
+from attnsuite.impls.ours.jax import fused_attention
+from attnsuite.impls.spec import AttentionSpec
 
 
 def ours(spec: AttentionSpec):

@@ -1,4 +1,4 @@
-"""PyTorch attention cores (see ``impls.kernels``): ours, and SDPA with one backend pinned."""
+"""PyTorch attention cores (see ``attnsuite.impls.kernels``): ours, and SDPA with one backend pinned."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from impls.errors import Unsupported
-from impls.ours.torch import fused_attention
-from impls.spec import AttentionSpec
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.ours.torch import fused_attention
+from attnsuite.impls.spec import AttentionSpec
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from impls.oracle import structural_mask, structural_rows_with_keys
-from impls.spec import AttentionSpec
-from impls.weights import weight_shapes
+from attnsuite.impls.oracle import structural_mask, structural_rows_with_keys
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import weight_shapes
 
 APPLY_STATIC = ("spec", "training", "fused")
 

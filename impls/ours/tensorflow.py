@@ -28,9 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the import: quiet s
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from impls.errors import Unsupported  # noqa: E402
-from impls.spec import AttentionSpec  # noqa: E402
-from impls.weights import weight_shapes  # noqa: E402
+from attnsuite.impls.errors import Unsupported  # noqa: E402
+from attnsuite.impls.spec import AttentionSpec  # noqa: E402
+from attnsuite.impls.weights import weight_shapes  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ class MultiHeadAttention(keras.layers.Layer):
     """
 
     def __init__(self, spec: AttentionSpec, fused: bool = False, **kwargs):
-        _require_tensorflow_keras("impls.ours.tensorflow.MultiHeadAttention", RuntimeError)
+        _require_tensorflow_keras("attnsuite.impls.ours.tensorflow.MultiHeadAttention", RuntimeError)
         super().__init__(**kwargs)
         self.spec = spec
         self.fused = fused

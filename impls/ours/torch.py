@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impls.convert import torch as convert
-from impls.spec import AttentionSpec
+from attnsuite.impls.convert import torch as convert
+from attnsuite.impls.spec import AttentionSpec
 
 # ---------------------------------------------------------------------------------------
 # Pieces shared by both paths (and by the built-in SDPA adapter).
@@ -56,7 +56,7 @@ def structural_visibility(spec: AttentionSpec, L_q: int, L_k: int, device) -> to
     """(L_q, L_k) bool, the causal and window rules (True = visible); None if there are none.
 
     Built with torch ops on ``device`` (no host copy per call); it equals
-    ``impls.oracle.structural_mask``, which the tests check.
+    ``attnsuite.impls.oracle.structural_mask``, which the tests check.
     """
     if spec.causal is None and spec.window is None:
         return None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from impls import Unsupported, oracle
-from impls.spec import AttentionSpec
+from attnsuite.impls import Unsupported, oracle
+from attnsuite.impls.spec import AttentionSpec
 
 
 def _with_vjp(forward, vjp):
@@ -246,7 +246,7 @@ def frozen_weights(spec):
     """Ignores ``params``: uses the weights in the file named by ATTNSUITE_TEST_WEIGHTS."""
     import os
 
-    from conformance.weights import load_weights
+    from attnsuite.conformance.weights import load_weights
     _, weights = load_weights(os.environ["ATTNSUITE_TEST_WEIGHTS"])
     return _with_vjp(lambda p, *a: attend(spec, weights, *a),
                      lambda p, *a: oracle.vjp(spec, weights, *a))
