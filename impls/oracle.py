@@ -86,6 +86,46 @@ def visibility(spec: AttentionSpec, B: int, L_q: int, L_k: int, mask=None) -> np
 
 
 # ---------------------------------------------------------------------------------------
+# Rotary positions (SPEC 2): where each query and key sits, and the rotation it gets.
+
+def rope_positions(L_q: int, L_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the queries and keys: key j sits at j, query i at i + L_k - L_q (the
+    queries are the last L_q tokens, as when decoding with a cache)."""
+    return np.arange(L_q) + (L_k - L_q), np.arange(L_k)
+
+
+def rope_angles(spec: AttentionSpec, positions: np.ndarray) -> np.ndarray:
+    """(L, rotary_dim/2): position * theta ** (-2m / rotary_dim), in float64."""
+    m = np.arange(spec.rotary_dim // 2, dtype=np.float64)
+    frequencies = spec.rope.theta ** (-2.0 * m / spec.rotary_dim)
+    return np.asarray(positions, dtype=np.float64)[:, None] * frequencies[None, :]
+
+
+def _rope_pairs(spec: AttentionSpec) -> tuple[slice, slice]:
+    """The features rotated together: (m, m + r/2) for "half", (2m, 2m + 1) "interleaved"."""
+    r = spec.rotary_dim
+    if spec.rope.style == "half":
+        return slice(0, r // 2), slice(r // 2, r)
+    return slice(0, r, 2), slice(1, r, 2)
+
+
+def rotate(spec: AttentionSpec, x: np.ndarray, angles: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """x (..., L, d) with each position's feature pairs rotated by its angles (L, r/2);
+    ``inverse`` rotates back (the rotation's transpose: the backward pass)."""
+    if spec.rope is None:
+        return x
+    first, second = _rope_pairs(spec)
+    cos, sin = np.cos(angles), np.sin(angles)
+    if inverse:
+        sin = -sin
+    x1, x2 = x[..., first], x[..., second]
+    out = x.copy()
+    out[..., first] = x1 * cos - x2 * sin
+    out[..., second] = x2 * cos + x1 * sin
+    return out
+
+
+# ---------------------------------------------------------------------------------------
 # Input validation: every error names the argument and the shapes.
 
 def _check_broadcastable(name: str, array, target: tuple[int, ...], kind) -> None:
@@ -167,8 +207,8 @@ def _masked_softmax(logits: np.ndarray, visible: np.ndarray) -> np.ndarray:
 
 class _Forward(NamedTuple):
     """Every intermediate the backward pass needs."""
-    q: np.ndarray       # (B, H, Lq, dk)
-    k: np.ndarray       # (B, H, Lk, dk), already expanded to H heads
+    q: np.ndarray       # (B, H, Lq, dk), rotated where the spec has RoPE
+    k: np.ndarray       # (B, H, Lk, dk), likewise, and expanded to H heads
     v: np.ndarray       # (B, H, Lk, dv), likewise
     tanh: np.ndarray | None  # tanh(S / c) when softcapped
     probs: np.ndarray   # (B, H, Lq, Lk)
@@ -191,8 +231,14 @@ def _forward(spec, weights, query, key, value, mask, bias, precision) -> _Forwar
         return r(y + w["b" + name]) if spec.bias else r(y)
 
     G = spec.group_size
+    B, L_q, L_k = query.shape[0], query.shape[1], key.shape[1]
     q = _split_heads(project(query, "q"), spec.H)
-    k = _expand_kv(_split_heads(project(key, "k"), spec.H_kv), G)
+    k = _split_heads(project(key, "k"), spec.H_kv)
+    if spec.rope is not None:
+        q_positions, k_positions = rope_positions(L_q, L_k)
+        q = r(rotate(spec, q, rope_angles(spec, q_positions)))
+        k = r(rotate(spec, k, rope_angles(spec, k_positions)))
+    k = _expand_kv(k, G)
     v = _expand_kv(_split_heads(project(value, "v"), spec.H_kv), G)
 
     logits = q @ k.transpose(0, 1, 3, 2)
@@ -205,7 +251,6 @@ def _forward(spec, weights, query, key, value, mask, bias, precision) -> _Forwar
     if bias is not None:
         logits = r(logits + bias)
 
-    B, L_q, L_k = query.shape[0], query.shape[1], key.shape[1]
     probs = r(_masked_softmax(logits, visibility(spec, B, L_q, L_k, mask)))
     heads = r(_merge_heads(probs @ v))
     out = heads @ w["wo"]
@@ -300,11 +345,18 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     # S = scale * Q K^T
     d_q = r(spec.logit_scale * (d_logits @ fwd.k))                  # (B, H, Lq, dk)
     d_k = r(spec.logit_scale * (d_logits.transpose(0, 1, 3, 2) @ fwd.q))  # (B, H, Lk, dk)
+    d_k = _sum_groups(d_k, G)                                       # (B, H_kv, Lk, dk)
+
+    # Q and K were rotated per position: the gradient rotates back.
+    if spec.rope is not None:
+        q_positions, k_positions = rope_positions(query.shape[1], key.shape[1])
+        d_q = r(rotate(spec, d_q, rope_angles(spec, q_positions), inverse=True))
+        d_k = r(rotate(spec, d_k, rope_angles(spec, k_positions), inverse=True))
 
     # Q = query @ wq + bq, likewise K and V (whose expanded heads sum back into groups).
     projected = {
         "q": (query, _merge_heads(d_q)),
-        "k": (key, _merge_heads(_sum_groups(d_k, G))),
+        "k": (key, _merge_heads(d_k)),
         "v": (value, _merge_heads(_sum_groups(d_v, G))),
     }
     inputs = {"q": "query", "k": "key", "v": "value"}

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+ROPE_STYLES = ("half", "interleaved")
 
 
 def _is_int(value: Any) -> bool:
@@ -25,6 +27,48 @@ def _is_real(value: Any) -> bool:
 
 def _fail(field: str, message: str, value: Any) -> None:
     raise ValueError(f"AttentionSpec.{field}: {message} (got {value!r})")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoPE:
+    """Rotary position embedding (SPEC 2): the first ``rotary_dim`` features of each query
+    and key head rotated, pairwise, by angle position * theta ** (-2m / rotary_dim).
+
+    style: "half" pairs feature m with m + rotary_dim/2 (GPT-NeoX, HF Llama);
+        "interleaved" pairs 2m with 2m + 1 (GPT-J, Meta's original Llama checkpoints).
+    rotary_dim: None for the whole head (d_k).
+    """
+    style: str
+    theta: float = 10000.0
+    rotary_dim: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default}
+
+
+def _rope(value: Any, d_k: int) -> RoPE | None:
+    """``value`` (None, a RoPE or a mapping of its fields) validated against the head size."""
+    if value is None:
+        return None
+    if isinstance(value, RoPE):
+        value = value.to_dict()
+    if not isinstance(value, Mapping):
+        _fail("rope", "must be None or a mapping {style, theta, rotary_dim}", value)
+    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(RoPE)})
+    if unknown:
+        _fail("rope", f"unknown key(s) {unknown}; the keys are style, theta, rotary_dim", value)
+    if value.get("style") not in ROPE_STYLES:
+        _fail("rope", f"'style' must be one of {ROPE_STYLES}", value)
+    theta = value.get("theta", 10000.0)
+    if not _is_real(theta) or not math.isfinite(theta) or theta <= 0:
+        _fail("rope", "'theta' must be a finite number > 0", value)
+    rotary_dim = value.get("rotary_dim")
+    width = d_k if rotary_dim is None else rotary_dim
+    if not _is_int(width) or width <= 0 or width % 2 or width > d_k:
+        what = f"'rotary_dim' (default d_k={d_k})" if rotary_dim is None else "'rotary_dim'"
+        _fail("rope", f"{what} must be an even int in [2, d_k={d_k}]", value)
+    return RoPE(value["style"], float(theta), rotary_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +87,7 @@ class AttentionSpec:
     window: tuple[int, int] | None = None
     softcap: float | None = None
     dropout: float = 0.0
+    rope: RoPE | Mapping | None = None
 
     def __post_init__(self) -> None:
         for field in ("d_model", "num_heads"):
@@ -76,6 +121,7 @@ class AttentionSpec:
             _fail("softcap", "must be None or a finite number > 0", self.softcap)
         if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
             _fail("dropout", "must be a number in [0, 1)", self.dropout)
+        object.__setattr__(self, "rope", _rope(self.rope, self.d_k))
 
     # Resolved sizes, in the spec's notation.
     @property
@@ -120,6 +166,13 @@ class AttentionSpec:
         return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.d_k)
 
     @property
+    def rotary_dim(self) -> int:
+        """Features of each query/key head that RoPE rotates (0 without RoPE)."""
+        if self.rope is None:
+            return 0
+        return self.rope.rotary_dim if self.rope.rotary_dim is not None else self.d_k
+
+    @property
     def is_cross(self) -> bool:
         return self.kdim is not None or self.vdim is not None
 
@@ -132,7 +185,11 @@ class AttentionSpec:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.default is dataclasses.MISSING or value != f.default:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
+                if isinstance(value, tuple):
+                    value = list(value)
+                elif isinstance(value, RoPE):
+                    value = value.to_dict()
+                out[f.name] = value
         return out
 
     @classmethod
