@@ -22,6 +22,7 @@ from attnsuite.impls.backends import load_backend
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import resolve
 from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.calling import make_fn
 from attnsuite.impls.weights import init_weights
 
 
@@ -110,8 +111,9 @@ def build(impl: str | tuple[Entry, Callable], config: Config) -> Case:
     entry, factory = resolve(impl) if isinstance(impl, str) else impl
     backend = load_backend(entry.framework)
     spec = config.spec()
-    fn = factory(spec)
     c = config
+    fn = make_fn(factory, spec, form="self" if c.self_attention else "qkv", dtype=c.dtype,
+                 device=c.device)
     if entry.kind == "kernel":  # a core: see Case.core
         arrays = head_arrays(spec, config, fn.layout)
         inputs = {name: backend.tensor(a, c.dtype, c.device) for name, a in arrays.items()}

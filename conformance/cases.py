@@ -24,6 +24,7 @@ from typing import Iterable
 import numpy as np
 
 from attnsuite.impls import init_weights
+from attnsuite.impls.calling import FORMS
 from attnsuite.impls.oracle import rounding, structural_mask, visibility
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.impls.weights import check_weights
@@ -135,7 +136,7 @@ class Case:
     mask: str = "none"                    # one of MASK_KINDS
     bias: str | None = None               # additive bias: None or one of BIAS_KINDS
     seed: int = 0
-    self_attention: bool = False          # one tensor passed as query, key and value
+    form: str = "qkv"                     # the call form (attnsuite.impls.calling.FORMS)
     stress: str | None = None             # None or one of STRESS_KINDS
     checks: tuple[str, ...] = NUMERIC     # NUMERIC or one of BEHAVIOUR
     generated: bool = False               # drawn by hypothesis (its seed joins the id)
@@ -151,8 +152,14 @@ class Case:
             raise ValueError(f"Case.bias: None or one of {BIAS_KINDS}, got {self.bias!r}")
         if self.stress is not None and self.stress not in STRESS_KINDS:
             raise ValueError(f"Case.stress: None or one of {STRESS_KINDS}, got {self.stress!r}")
-        if self.self_attention and (self.spec.is_cross or self.L_q != self.L_k):
-            raise ValueError("Case.self_attention: needs E == kdim == vdim and L_q == L_k")
+        if self.form not in FORMS:
+            raise ValueError(f"Case.form: one of {FORMS}, got {self.form!r}")
+        if self.form == "self" and (self.spec.is_cross or self.L_q != self.L_k):
+            raise ValueError("Case.form: 'self' needs E == kdim == vdim and L_q == L_k")
+        if self.form == "self" and self.stress is not None:
+            raise ValueError("Case.stress: the stress inputs need the query apart from key and value")
+        if self.form == "kv" and self.spec.E_k != self.spec.E_v:
+            raise ValueError("Case.form: 'kv' needs kdim == vdim (one tensor is key and value)")
         if self.stress == "masked_huge_values" and self.mask != "key_padding":
             raise ValueError("Case.stress: masked_huge_values needs mask='key_padding'")
         if self.checks != NUMERIC and (len(self.checks) != 1 or self.checks[0] not in BEHAVIOUR):
@@ -169,8 +176,8 @@ class Case:
             tokens.append(f"bias_{self.bias}")
         if self.stress:
             tokens.append(f"stress_{self.stress}")
-        if self.self_attention:
-            tokens.append("self")
+        if self.form != "qkv":
+            tokens.append(self.form)
         if self.checks != NUMERIC:
             tokens.append(self.checks[0])
         tokens.append(self.dtype)
@@ -202,21 +209,45 @@ class Case:
             tags += ["bias", f"bias_{self.bias}"]
         if self.stress:
             tags.append(f"stress_{self.stress}")
-        if self.self_attention:
+        tags.append(f"form_{self.form}")
+        if self.form == "self":
             tags.append("self_attention")
         if self.checks != NUMERIC:
             tags.append(BEHAVIOUR_TAGS[self.checks[0]])
         tags.append(self.dtype)
         return tuple(dict.fromkeys(tags))
 
+    @property
+    def self_attention(self) -> bool:
+        return self.form == "self"
+
     def replace(self, **changes) -> "Case":
         return dataclasses.replace(self, **changes)
+
+    def in_form(self, form: str, seed: int = 0) -> "Case":
+        """This case as a call in ``form``, for an implementation that takes only that form.
+
+        "self": one tensor of the keys' length (L_q = L_k), key and value sized like the
+        query; "kv": the value sized like the key, since one tensor is both. Everything
+        else (spec fields, mask and bias kinds, checks, dtype; the stress, outside the self
+        form) stays, and the case
+        gets its own id and a seed derived from it (``seed`` as in ``catalog``).
+        """
+        if form == self.form:
+            return self
+        spec, L_q, stress = self.spec, self.L_q, self.stress
+        if form == "self":   # the stresses need the query apart from key and value
+            spec, L_q, stress = spec.replace(kdim=None, vdim=None), self.L_k, None
+        elif form == "kv":
+            spec = spec.replace(vdim=spec.kdim)
+        moved = self.replace(spec=spec, L_q=L_q, form=form, stress=stress, seed=0)
+        return moved if self.generated else moved.replace(seed=_catalog_seed(moved.id, seed))
 
     def describe(self) -> str:
         """Everything needed to rebuild the inputs, in one line."""
         return (f"{self.spec}; B={self.B} L_q={self.L_q} L_k={self.L_k} {self.dtype} "
                 f"mask={self.mask} bias={self.bias or 'none'} stress={self.stress or 'none'} "
-                f"self_attention={self.self_attention} seed={self.seed}")
+                f"form={self.form} seed={self.seed}")
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
@@ -324,6 +355,10 @@ def materialize(case: Case, weights: dict | None = None) -> CaseData:
     query = inputs_rng.standard_normal((B, L_q, s.E))
     key = inputs_rng.standard_normal((B, L_k, s.E_k))
     value = inputs_rng.standard_normal((B, L_k, s.E_v))
+    if case.form == "self":
+        key = value = query
+    elif case.form == "kv":
+        key = value
     structural = structural_mask(s, L_q, L_k)
     mask = _make_mask(case.mask, B, s.H, L_q, L_k, structural, mask_rng)
     bias = _make_bias(case.bias, B, s.H, L_q, L_k, bias_rng)
@@ -337,13 +372,15 @@ def materialize(case: Case, weights: dict | None = None) -> CaseData:
     if case.stress == "masked_huge_values":
         padded = ~mask[:, 0, 0, :]                         # (B, L_k): masked for every query
         value = np.where(padded[:, :, None], HUGE_VALUE[case.dtype], value)
-    if case.self_attention:
-        key = value = query
-
     r = rounding(case.dtype)
     weights = {name: r(np.asarray(w, dtype=np.float64)) for name, w in weights.items()}
     query = r(query)
-    key, value = (query, query) if case.self_attention else (r(key), r(value))
+    if case.form == "self":
+        key = value = query
+    elif case.form == "kv":
+        key = value = r(value)   # after the stress on masked values, which the key shares
+    else:
+        key, value = r(key), r(value)
     bias = None if bias is None else r(bias)
     has_key = visibility(s, B, L_q, L_k, mask).any(axis=-1)          # (B, H, L_q)
     fully_masked = ~has_key.any(axis=1)
@@ -371,7 +408,7 @@ class Recipe:
     mask: str = "none"
     bias: str | None = None
     stress: str | None = None
-    self_attention: bool = False
+    form: str = "qkv"
     checks: tuple[str, ...] = NUMERIC
     profile: str = "default"              # the smallest profile that holds it
     quick: tuple[str, ...] = F32          # its dtypes in the quick profile
@@ -414,7 +451,7 @@ def _recipes() -> list[Recipe]:
         R(S(8, 2, dropout=0.3), 2, 4, 5, profile=q, default=F32_64),  # inference: no dropout
         R(base, 2, 5, 5, stress="large_logits", profile=q, quick=F32_64, default=ALL),
         R(base, 2, 4, 6, mask="key_padding", stress="masked_huge_values", profile=q, default=ALL),
-        R(base, 2, 5, 5, self_attention=True, profile=q, default=F32_64),
+        R(base, 2, 5, 5, form="self", profile=q, default=F32_64),
         R(base, 2, 4, 4, checks=("stateless",), profile=q),
         R(gqa_br, 2, 4, 6, mask="random", checks=("deterministic",), profile=q),
         R(S(16, 1, bias=False, dropout=0.3), 8, 128, 16, checks=("dropout",), profile=q),
@@ -447,7 +484,7 @@ def _recipes() -> list[Recipe]:
         R(S(16, 4, num_kv_heads=2, causal="bottom_right"), 2, 6, 6, mask="random",
           stress="large_logits", default=F32_64),
         R(S(16, 4, num_kv_heads=2), 2, 4, 7, mask="key_padding", stress="masked_huge_values"),
-        R(S(8, 2, causal="top_left"), 2, 6, 6, mask="random", self_attention=True),
+        R(S(8, 2, causal="top_left"), 2, 6, 6, mask="random", form="self"),
         R(S(16, 4, num_kv_heads=2, causal="bottom_right", dropout=0.5), 2, 5, 7, mask="random"),
         R(S(16, 4, num_kv_heads=1, kdim=6, vdim=10), 2, 4, 6, checks=("stateless",)),
         # Head size 8 and even lengths: shapes that GPU kernels (cuDNN's, FlashAttention's)
@@ -495,14 +532,14 @@ def catalog(profile: str = "default", dtypes: Iterable[str] | None = None, seed:
             continue
         recipe_spec = recipe.spec
         if spec is not None and recipe.checks != ("dropout",):
-            if recipe.self_attention and spec.is_cross:
+            if (recipe.form == "self" and spec.is_cross) or (recipe.form == "kv" and spec.E_k != spec.E_v):
                 continue
             recipe_spec = spec
         for dtype in recipe.dtypes(profile):
             if wanted is not None and dtype not in wanted:
                 continue
             case = Case(recipe_spec, recipe.B, recipe.L_q, recipe.L_k, dtype, recipe.mask,
-                        recipe.bias, 0, recipe.self_attention, recipe.stress, recipe.checks)
+                        recipe.bias, 0, recipe.form, recipe.stress, recipe.checks)
             cases.setdefault(case.id, case.replace(seed=_catalog_seed(case.id, seed)))
     return list(cases.values())
 
@@ -547,12 +584,13 @@ def case_strategy(dtypes: Iterable[str] = ("float64", "float32"), max_len: int =
             softcap=draw(st.none() | st.sampled_from([1.0, 3.0])),
         )
         L_q = draw(st.integers(1, max_len))
-        self_attention = not spec.is_cross and draw(st.booleans())
-        L_k = L_q if self_attention else draw(st.integers(1, max_len))
+        forms = [f for f in FORMS if (f != "self" or not spec.is_cross) and (f != "kv" or spec.E_k == spec.E_v)]
+        form = draw(st.sampled_from(forms))
+        L_k = L_q if form == "self" else draw(st.integers(1, max_len))
         return Case(spec, draw(st.integers(1, 3)), L_q, L_k, draw(st.sampled_from(dtypes)),
                     mask=draw(st.sampled_from(MASK_KINDS)),
                     bias=draw(st.none() | st.sampled_from(BIAS_KINDS)),
-                    seed=draw(st.integers(0, 2 ** 32 - 1)), self_attention=self_attention,
+                    seed=draw(st.integers(0, 2 ** 32 - 1)), form=form,
                     generated=True)
 
     return cases()

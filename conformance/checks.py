@@ -29,6 +29,7 @@ import numpy as np
 from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC, Case, CaseData
 from attnsuite.impls import oracle
+from attnsuite.impls.calling import FORM_INPUTS, FORMS, fold_input_grads, make_fn
 from attnsuite.impls.errors import Unsupported
 from attnsuite.impls.weights import weight_shapes
 
@@ -55,10 +56,21 @@ class CheckResult:
 
 @dataclasses.dataclass(frozen=True)
 class Subject:
-    """An implementation ready to be judged: its name, factory and framework adapter."""
+    """An implementation ready to be judged: its name, factory, framework adapter and the
+    call forms it takes (attnsuite.impls.calling)."""
     name: str
     factory: Callable
     backend: ModuleType
+    forms: tuple[str, ...] = FORMS
+
+    def case_for(self, case: Case, seed: int = 0) -> Case:
+        """``case`` in a form this implementation takes. A three-tensor fn takes every call
+        as it is (one tensor passed twice or three times is still three arguments); others
+        get the case moved into a form they declare: "kv" keeps more of a three-tensor
+        case's shapes (L_q != L_k) than "self" does, so it goes first."""
+        if case.form in self.forms or "qkv" in self.forms:
+            return case
+        return case.in_form("kv" if "kv" in self.forms else "self", seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +103,6 @@ class Reference:
     base_grads: dict | None = None
 
 
-def _self_attention_grads(grads: dict) -> dict:
-    grads = dict(grads)
-    grads["query"] = grads["query"] + grads.pop("key") + grads.pop("value")
-    return grads
-
-
 def reference(case: Case, weights: dict | None = None, strict_fully_masked: bool = False) -> Reference:
     data = case.materialize(weights)
     if case.checks != NUMERIC:
@@ -112,16 +118,14 @@ def reference(case: Case, weights: dict | None = None, strict_fully_masked: bool
     if case.dtype in tolerance.BASELINE_RULE:
         ref.base_out = oracle.forward(*args, data.mask, data.bias, precision=case.dtype)
         ref.base_grads = oracle.vjp(*args, d_out, data.mask, data.bias, precision=case.dtype)
-    if case.self_attention:
-        ref.grads = _self_attention_grads(ref.grads)
-        if ref.base_grads is not None:
-            ref.base_grads = _self_attention_grads(ref.base_grads)
+    ref.grads = fold_input_grads(ref.grads, case.form)
+    if ref.base_grads is not None:
+        ref.base_grads = fold_input_grads(ref.base_grads, case.form)
     return ref
 
 
 def grad_names(case: Case) -> list[str]:
-    inputs = ["query"] if case.self_attention else ["query", "key", "value"]
-    return inputs + list(weight_shapes(case.spec))
+    return list(FORM_INPUTS[case.form]) + list(weight_shapes(case.spec))
 
 
 def expected_checks(case: Case, ref: Reference) -> list[str]:
@@ -167,14 +171,15 @@ def _raised(exc: BaseException) -> str:
 
 
 def _run_args(case: Case, options: Options) -> dict:
-    return {"dtype": case.dtype, "device": options.device, "self_attention": case.self_attention}
+    return {"dtype": case.dtype, "device": options.device, "form": case.form}
 
 
 def judge_case(subject: Subject, case: Case, ref: Reference, options: Options) -> list[CheckResult]:
     judge = _Judge(subject, case, options)
     checks = expected_checks(case, ref)
     try:
-        fn = subject.factory(case.spec)
+        fn = make_fn(subject.factory, case.spec, form=case.form, dtype=case.dtype,
+                     device=options.device)
     except Unsupported as exc:
         return judge.all(checks, "unsupported", f"factory: {exc}")
     except Exception as exc:
@@ -346,7 +351,7 @@ def _stateless(judge: _Judge, fn, ref: Reference) -> None:
     calls = [("first call", first),
              ("second call (new weights and inputs, same shapes)", other(1)),
              ("third call (new weights, inputs and lengths)",
-              other(2, L_q=case.L_q + 1, L_k=case.L_k + 2)),
+              other(2, L_q=case.L_q + (2 if case.form == "self" else 1), L_k=case.L_k + 2)),
              ("fourth call (the first inputs again)", first)]
     for what, data in calls:
         comparison = _judge_output(judge, fn, data)
@@ -403,8 +408,9 @@ def dropout_probe(case: Case) -> CaseData:
     L = case.L_k
     weights = {"wq": np.zeros((s.E, s.d_k)), "wk": np.zeros((s.E_k, s.d_k)),
                "wv": np.eye(L), "wo": np.eye(L)}
-    query = np.random.default_rng(case.seed).standard_normal((case.B, case.L_q, s.E))
     value = np.broadcast_to(np.eye(L), (case.B, L, L)).copy()
+    query = value if case.form == "self" else (
+        np.random.default_rng(case.seed).standard_normal((case.B, case.L_q, s.E)))
     return CaseData(case, weights, query, value, value, None, None,
                     np.zeros((case.B, case.L_q, s.E_o)), np.zeros((case.B, case.L_q), bool))
 

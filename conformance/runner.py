@@ -39,6 +39,7 @@ from attnsuite.conformance.checks import CheckResult, Options, Subject, judge_ca
 from attnsuite.conformance.weights import load_weights
 from attnsuite.conformance.xfails import Xfails
 from attnsuite.impls.backends import load_backend
+from attnsuite.impls.calling import forms_of
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import find_entry, load_factory
 
@@ -151,7 +152,7 @@ def load_subject(name: str, device: str = "cpu") -> Subject:
     if device not in available:
         raise RuntimeError(f"{name}: device {device!r} is not available to {entry.framework} "
                            f"(it has {available})")
-    return Subject(name, factory, backend)
+    return Subject(name, factory, backend, forms_of(factory, name))
 
 
 def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Options,
@@ -173,21 +174,25 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
     for case in cases:
         if not any(subjects):
             return
-        case_weights = weights[1] if weights is not None and case.spec == weights[0] else None
-        ref = reference(case, case_weights, options.strict_fully_masked)
+        refs: dict[str, object] = {}   # the oracle's side, once per case and call form
         for i, subject in enumerate(subjects):
             if subject is None:
                 continue
             start = time.perf_counter()
+            target = subject.case_for(case, options.seed)
             try:
-                results = judge_case(subject, case, ref, options)
+                if target.id not in refs:
+                    case_weights = (weights[1] if weights is not None and target.spec == weights[0]
+                                    else None)
+                    refs[target.id] = reference(target, case_weights, options.strict_fully_masked)
+                results = judge_case(subject, target, refs[target.id], options)
             except Exception:  # a bug of the suite's own: report it, judge the others
-                results = [CheckResult(case.id, "suite", "error", f"{subject.name} :: {case.id}: "
-                                       f"the suite failed:\n{traceback.format_exc()}", case.tags)]
+                results = [CheckResult(target.id, "suite", "error", f"{subject.name} :: {target.id}: "
+                                       f"the suite failed:\n{traceback.format_exc()}", target.tags)]
             seconds = time.perf_counter() - start
             for result in results:
                 yield ("result", i, result)
-            yield ("case_done", i, {"case": case.id, "seconds": seconds})
+            yield ("case_done", i, {"case": target.id, "seconds": seconds})
 
 
 # ---------------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ class Session:
 
     def judge(self, name, case) -> list:
         """The case's results; a failing or erroring check fails the test with its message."""
-        results = judge_case(self.subject(name), case, self.reference(case), self.options)
+        subject = self.subject(name)
+        case = subject.case_for(case, self.options.seed)   # in a call form it takes
+        results = judge_case(subject, case, self.reference(case), self.options)
         failures = [r.message for r in results if r.status in FAILING]
         if failures:
             pytest.fail("\n\n".join(failures), pytrace=False)

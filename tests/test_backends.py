@@ -196,12 +196,30 @@ def test_self_attention_passes_one_tensor_and_sums_its_gradient(framework, backe
 
     recording.vjp = closed_form_vjp
     _, grads = backend.forward_and_vjp(recording, WEIGHTS, Q, None, None, D_OUT, dtype="float64",
-                                       self_attention=True)
+                                       form="self")
     assert all(seen) and seen, f"{framework}: one tensor passed three times? {seen}"
     assert set(grads) == {"query", *WEIGHTS}, f"{framework}: {sorted(grads)}"
     # out = (x * x + 5 x) @ wq + bq, so d/dx = d_u * (2x + 5).
     np.testing.assert_allclose(grads["query"], (D_OUT @ WEIGHTS["wq"].T) * (2 * Q + 5),
                                rtol=1e-12, err_msg=framework)
+
+
+def test_key_is_value_passes_one_memory_tensor_and_sums_its_gradient(framework, backend):
+    seen = []
+
+    def recording(params, query, key, value, mask=None, bias=None):
+        seen.append(key is value and key is not query)
+        return closed_form(params, query, key, value)
+
+    recording.vjp = closed_form_vjp
+    _, grads = backend.forward_and_vjp(recording, WEIGHTS, Q, K, None, D_OUT, dtype="float64",
+                                       form="kv")
+    assert all(seen) and seen, f"{framework}: one memory tensor as key and value? {seen}"
+    assert set(grads) == {"query", "memory", *WEIGHTS}, f"{framework}: {sorted(grads)}"
+    # out = (q * m + 5 m) @ wq + bq: d/dm = d_u * (q + 5), d/dq = d_u * m.
+    d_u = D_OUT @ WEIGHTS["wq"].T
+    np.testing.assert_allclose(grads["memory"], d_u * (Q + 5), rtol=1e-12, err_msg=framework)
+    np.testing.assert_allclose(grads["query"], d_u * K, rtol=1e-12, err_msg=framework)
 
 
 def test_an_output_cut_from_the_graph_has_zero_gradients(framework, backend, own):

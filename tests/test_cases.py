@@ -106,8 +106,10 @@ def test_inputs_are_what_the_case_says(case):
     visible = visibility(s, case.B, case.L_q, case.L_k, data.mask)
     if "fully_masked" not in case.tags:
         assert visible.any(-1).all(), f"{case.id}: an unintended empty row"
-    if case.self_attention:
+    if case.form == "self":
         assert data.key is data.query and data.value is data.query
+    if case.form == "kv":
+        assert data.key is data.value
     if case.stress == "large_logits":
         logit = extreme_visible_logit(s, data.weights, data.query, data.key, data.mask)
         assert logit > OVERFLOW_LOGIT[case.dtype], f"{case.id}: largest logit {logit}"
@@ -128,8 +130,12 @@ def test_masks_have_their_broadcast_shapes():
 
 
 def test_invalid_cases_are_refused():
-    with pytest.raises(ValueError, match="self_attention"):
-        Case(AttentionSpec(8, 2, kdim=4), 1, 3, 3, "float32", self_attention=True)
+    with pytest.raises(ValueError, match="'self' needs"):
+        Case(AttentionSpec(8, 2, kdim=4), 1, 3, 3, "float32", form="self")
+    with pytest.raises(ValueError, match="'kv' needs"):
+        Case(AttentionSpec(8, 2, kdim=4, vdim=6), 1, 3, 3, "float32", form="kv")
+    with pytest.raises(ValueError, match="form"):
+        Case(AttentionSpec(8, 2), 1, 3, 3, "float32", form="qk")
     with pytest.raises(ValueError, match="masked_huge_values"):
         Case(AttentionSpec(8, 2), 1, 3, 3, "float32", stress="masked_huge_values")
     with pytest.raises(ValueError, match="dtype"):

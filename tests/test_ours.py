@@ -161,7 +161,7 @@ def test_self_attention_matches_oracle(framework, spec, path):
     want_grads = oracle.vjp(spec, w, x, x, x, a["d_out"])
     want_total = want_grads["query"] + want_grads["key"] + want_grads["value"]
     out, grads = backend.forward_and_vjp(getattr(ours, path)(spec), w, x, None, None, a["d_out"],
-                                         dtype="float64", self_attention=True)
+                                         dtype="float64", form="self")
     where = f"{framework} {path} self-attention {spec}"
     assert "key" not in grads and "value" not in grads, f"{where}: {sorted(grads)}"
     assert_close(f"{where} out", out, oracle.forward(spec, w, x, x, x), TOL["float64"])

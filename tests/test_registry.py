@@ -131,7 +131,7 @@ def test_self_attention_gradient_is_the_sum_of_the_three_input_gradients():
     weights, inputs, mask = _case(L_k=4)
     x, d_out = inputs["query"], inputs["d_out"]
     out, grads = numpy_backend.forward_and_vjp(factory(SPEC), weights, x, None, None, d_out, mask,
-                                               dtype="float64", self_attention=True)
+                                               dtype="float64", form="self")
     np.testing.assert_array_equal(out, oracle.forward(SPEC, weights, x, x, x, mask))
     expected = oracle.vjp(SPEC, weights, x, x, x, d_out, mask)
     assert "key" not in grads and "value" not in grads

@@ -68,7 +68,7 @@ def test_self_attention_in_inference_matches_the_oracle(name):
     a = make_inputs(spec, B, 5, seed=3)
     w = init_weights(spec, seed=3)
     x = a["query"]
-    out = tb.forward(FACTORIES[name](spec), w, x, None, None, dtype="float32", self_attention=True)
+    out = tb.forward(FACTORIES[name](spec), w, x, None, None, dtype="float32", form="self")
     want = oracle.forward(spec, w, x, x, x)
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * np.abs(want).max(), err_msg=name)
 
@@ -93,7 +93,7 @@ def empty_row_outputs(name, spec, *, self_attention, with_grad):
     mask[2] = False                          # query row 2 sees nothing
     k, v = (a["query"], a["query"]) if self_attention else (a["key"], a["value"])
     args = (FACTORIES[name](spec), w, a["query"], k, v)
-    kwargs = {"dtype": "float64", "self_attention": self_attention}
+    kwargs = {"dtype": "float64", "form": "self" if self_attention else "qkv"}
     if not with_grad:
         return row_class(tb.forward(*args, mask, **kwargs)[0, 2], w["bo"]), None, None
     out, grads = tb.forward_and_vjp(*args, a["d_out"], mask, **kwargs)

@@ -8,12 +8,12 @@ Each of ``attnsuite.impls.backends.{numpy,torch,tensorflow,jax}`` defines
 - ``to_numpy(tensor) -> np.ndarray`` in float64 (bool stays bool);
 - ``params(weights, dtype, device) -> dict``: canonical NumPy weights -> framework tensors;
 - ``forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, device,
-  training=False, seed=None, self_attention=False) -> np.ndarray``;
+  training=False, seed=None, form="qkv") -> np.ndarray``;
 - ``forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None, *, dtype,
-  device, self_attention=False) -> (out, grads)``: the framework's own autodiff through
-  ``fn``; grads hold "query", "key", "value" and every weight name, as float64 NumPy.
-  With ``self_attention`` one tensor is passed three times and grads hold its total
-  gradient under "query" alone.
+  device, form="qkv") -> (out, grads)``: the framework's own autodiff through
+  ``fn``; grads hold every weight name and the inputs of the call form
+  (``attnsuite.impls.calling``): "query", "key", "value" for "qkv"; "query" alone for
+  "self" (one tensor passed three times: its total gradient); "query" and "memory" for "kv".
 - ``block_until_ready(result)``: wait for asynchronous work (timing).
 
 A framework that is not installed is reported by ``framework_status`` with the reason,

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 
-def convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention):
-    """NumPy query/key/value/mask/bias -> framework tensors; self-attention passes one tensor
-    three times, so that its gradient is the total of the three uses."""
+from attnsuite.impls.calling import FORM_INPUTS
+
+
+def convert_inputs(tensor, query, key, value, mask, bias, dtype, device, form):
+    """NumPy query/key/value/mask/bias -> framework tensors, in the call form: "self" passes
+    one tensor three times and "kv" one tensor as key and value, so that its gradient is the
+    total of its uses."""
     q = tensor(query, dtype, device)
-    k, v = (q, q) if self_attention else (tensor(key, dtype, device), tensor(value, dtype, device))
+    if form == "self":
+        k = v = q
+    elif form == "kv":
+        k = v = tensor(key, dtype, device)
+    else:
+        k, v = tensor(key, dtype, device), tensor(value, dtype, device)
     m = None if mask is None else tensor(mask, dtype, device)
     b = None if bias is None else tensor(bias, dtype, device)
     return q, k, v, m, b
+
+
+def differentiable_inputs(form: str, q, k, v) -> dict:
+    """The distinct input tensors of a call in ``form``, by gradient name."""
+    return dict(zip(FORM_INPUTS[form], (q, k, v)))

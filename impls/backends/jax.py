@@ -23,7 +23,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnsuite.impls.backends.common import convert_inputs  # noqa: E402
+from attnsuite.impls.backends.common import convert_inputs, differentiable_inputs  # noqa: E402
 from attnsuite.impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
@@ -83,22 +83,23 @@ def params(weights, dtype: str, device: str = "cpu") -> dict:
     return {name: tensor(w, dtype, device) for name, w in weights.items()}
 
 
-def _inputs(query, key, value, mask, bias, dtype, device, self_attention):
-    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention)
+def _inputs(query, key, value, mask, bias, dtype, device, form):
+    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, form)
 
 
 def forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, device="cpu",
-            training=False, seed=None, self_attention=False) -> np.ndarray:
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
+            training=False, seed=None, form="qkv") -> np.ndarray:
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
     kwargs = {"training": True, "seed": seed} if training else {}
     return to_numpy(fn(params(weights, dtype, device), q, k, v, mask=m, bias=b, **kwargs))
 
 
 def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None, *, dtype,
-                    device="cpu", self_attention=False):
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
-    names, inputs = (("query",), (q,)) if self_attention else (("query", "key", "value"), (q, k, v))
-    both = functools.partial(_forward_and_vjp, fn, self_attention)
+                    device="cpu", form="qkv"):
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
+    distinct = differentiable_inputs(form, q, k, v)
+    names, inputs = tuple(distinct), tuple(distinct.values())
+    both = functools.partial(_forward_and_vjp, fn, form)
     args = (params(weights, dtype, device), inputs, m, b, tensor(d_out, dtype, device))
     try:
         out, d_params, d_inputs = jax.jit(both, compiler_options=_quick_compile(device))(*args)
@@ -131,9 +132,10 @@ def _quick_compile(device: str) -> dict | None:
     return options
 
 
-def _forward_and_vjp(fn, self_attention, params, inputs, mask, bias, d_out):
+def _forward_and_vjp(fn, form, params, inputs, mask, bias, d_out):
     def call(p, *xs):
-        return fn(p, *(xs * 3 if self_attention else xs), mask=mask, bias=bias)
+        q, k, v = {"self": lambda: xs * 3, "kv": lambda: (xs[0], xs[1], xs[1])}.get(form, lambda: xs)()
+        return fn(p, q, k, v, mask=mask, bias=bias)
 
     out, pullback = jax.vjp(call, params, *inputs)
     # jax.vjp wants the cotangent in the output's dtype, whatever fn returned.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnsuite.impls.backends.common import convert_inputs
+from attnsuite.impls.calling import fold_input_grads
 from attnsuite.impls.errors import Unsupported
 
 _DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -48,28 +49,26 @@ def params(weights, dtype: str, device: str = "cpu") -> dict:
     return {name: tensor(w, dtype, device) for name, w in weights.items()}
 
 
-def _inputs(query, key, value, mask, bias, dtype, device, self_attention):
-    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention)
+def _inputs(query, key, value, mask, bias, dtype, device, form):
+    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, form)
 
 
 def forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, device="cpu",
-            training=False, seed=None, self_attention=False) -> np.ndarray:
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
+            training=False, seed=None, form="qkv") -> np.ndarray:
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
     kwargs = {"training": True, "seed": seed} if training else {}
     return to_numpy(fn(params(weights, dtype, device), q, k, v, mask=m, bias=b, **kwargs))
 
 
 def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None, *, dtype,
-                    device="cpu", self_attention=False):
+                    device="cpu", form="qkv"):
     if not callable(getattr(fn, "vjp", None)):
         raise Unsupported("numpy has no autodiff and this fn has no .vjp")
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
     p = params(weights, dtype, device)
     out = to_numpy(fn(p, q, k, v, mask=m, bias=b))
     grads = {name: to_numpy(g) for name, g in fn.vjp(p, q, k, v, tensor(d_out, dtype), mask=m, bias=b).items()}
-    if self_attention:
-        grads["query"] = grads["query"] + grads.pop("key") + grads.pop("value")
-    return out, grads
+    return out, fold_input_grads(grads, form)
 
 
 def block_until_ready(result):

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the import: quiet s
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from attnsuite.impls.backends.common import convert_inputs  # noqa: E402
+from attnsuite.impls.backends.common import convert_inputs, differentiable_inputs  # noqa: E402
 from attnsuite.impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
@@ -68,8 +68,8 @@ def params(weights, dtype: str, device: str = "cpu") -> dict[str, tf.Tensor]:
     return {name: tensor(w, dtype, device) for name, w in weights.items()}
 
 
-def _inputs(query, key, value, mask, bias, dtype, device, self_attention):
-    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention)
+def _inputs(query, key, value, mask, bias, dtype, device, form):
+    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, form)
 
 
 def _lacks_dtype(exc: tf.errors.OpError) -> bool:
@@ -92,18 +92,18 @@ def _run(call, dtype: str, device: str):
 
 
 def forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, device="cpu",
-            training=False, seed=None, self_attention=False) -> np.ndarray:
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
+            training=False, seed=None, form="qkv") -> np.ndarray:
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
     kwargs = {"training": True, "seed": seed} if training else {}
     p = params(weights, dtype, device)
     return to_numpy(_run(lambda: fn(p, q, k, v, mask=m, bias=b, **kwargs), dtype, device))
 
 
 def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None, *, dtype,
-                    device="cpu", self_attention=False):
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
+                    device="cpu", form="qkv"):
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
     p = params(weights, dtype, device)
-    wrt = {"query": q} if self_attention else {"query": q, "key": k, "value": v}
+    wrt = differentiable_inputs(form, q, k, v)
     wrt.update(p)
 
     def out_and_grads():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attnsuite.impls.backends.common import convert_inputs
+from attnsuite.impls.backends.common import convert_inputs, differentiable_inputs
 from attnsuite.impls.errors import Unsupported
 
 _DTYPES = {
@@ -63,13 +63,13 @@ def params(weights, dtype: str, device: str = "cpu") -> dict[str, torch.Tensor]:
     return {name: tensor(w, dtype, device) for name, w in weights.items()}
 
 
-def _inputs(query, key, value, mask, bias, dtype, device, self_attention):
-    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, self_attention)
+def _inputs(query, key, value, mask, bias, dtype, device, form):
+    return convert_inputs(tensor, query, key, value, mask, bias, dtype, device, form)
 
 
 def forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, device="cpu",
-            training=False, seed=None, self_attention=False) -> np.ndarray:
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
+            training=False, seed=None, form="qkv") -> np.ndarray:
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
     kwargs = {"training": True, "seed": seed} if training else {}
     with torch.no_grad():
         out = fn(params(weights, dtype, device), q, k, v, mask=m, bias=b, **kwargs)
@@ -77,10 +77,10 @@ def forward(fn, weights, query, key, value, mask=None, bias=None, *, dtype, devi
 
 
 def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None, *, dtype,
-                    device="cpu", self_attention=False):
-    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, self_attention)
+                    device="cpu", form="qkv"):
+    q, k, v, m, b = _inputs(query, key, value, mask, bias, dtype, device, form)
     p = params(weights, dtype, device)
-    wrt = {"query": q} if self_attention else {"query": q, "key": k, "value": v}
+    wrt = differentiable_inputs(form, q, k, v)
     wrt.update(p)
     for t in wrt.values():
         t.requires_grad_(True)
