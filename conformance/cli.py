@@ -43,6 +43,16 @@ def _dtypes(text: str) -> list[str]:
     return names
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 100:   # False for NaN as well
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
+    return value / 100
+
+
 def build_parser() -> argparse.ArgumentParser:
     paragraphs = __doc__.strip().split("\n\n")
     p = _Parser(prog="attnsuite check",
@@ -69,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this case (any profile's id, or an fnmatch pattern); repeatable")
     p.add_argument("--seed", type=int, default=0, help="shifts every case's seed (default 0)")
     p.add_argument("--jobs", type=int, default=None, help="framework processes at once (default: cores)")
+    p.add_argument("--min-coverage", type=_percent, metavar="P",
+                   help="fail an implementation judged on less than P%% of the checks it was "
+                        "given (default: only warn below 50%%)")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the verdict only")
     return p
 
@@ -83,8 +96,8 @@ def _summary_lines(run, quiet: bool) -> list[str]:
                     default=None)
         worst_text = f", worst ratio {worst:.3g}" if worst is not None else ""
         if not quiet or impl.verdict != "pass":
-            lines.append(f"{impl.verdict.upper():5} {impl.name:{width}}  {shown}{worst_text} "
-                         f"({impl.seconds:.1f}s)")
+            lines.append(f"{impl.verdict.upper():5} {impl.name:{width}}  {shown}{worst_text}, "
+                         f"{impl.coverage().percent()} judged ({impl.seconds:.1f}s)")
         if impl.reason:
             lines.append(f"      {impl.reason}")
     for impl in run.implementations:
@@ -122,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         run = check(args.impls, profile=args.profile, dtypes=dtypes, device=args.device,
                     weights=args.weights, xfails=args.xfails,
                     strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
-                    isolate=True, progress=progress, seed=args.seed, jobs=args.jobs)
+                    isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
+                    min_coverage=args.min_coverage)
     except ValueError as exc:
         print(f"attnsuite check: error: {exc}", file=sys.stderr)
         return 2

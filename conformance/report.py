@@ -50,7 +50,8 @@ def to_json(run: RunResult) -> dict:
         implementations.append({
             "name": impl.name, "framework": impl.framework, "kind": impl.kind,
             "verdict": impl.verdict, "reason": impl.reason, "seconds": round(impl.seconds, 3),
-            "counts": impl.counts(), "results": [r.to_dict() for r in impl.results],
+            "counts": impl.counts(), "coverage": impl.coverage().to_dict(),
+            "results": [r.to_dict() for r in impl.results],
         })
     return _finite({
         "implementations": implementations,
@@ -86,16 +87,17 @@ def _cell(results: list[CheckResult]) -> str:
 
 
 def matrix(run: RunResult) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: implementation, verdict, one cell per check family, seconds."""
-    header = ["implementation", "verdict", *FAMILIES, "seconds"]
+    """Header and rows: implementation, verdict, share judged, one cell per check family,
+    seconds."""
+    header = ["implementation", "verdict", "judged", *FAMILIES, "seconds"]
     rows = []
     for impl in run.implementations:
         if impl.reason is not None and not impl.results:
-            rows.append([impl.name, impl.verdict.upper(), *([""] * len(FAMILIES)), ""])
+            rows.append([impl.name, impl.verdict.upper(), "", *([""] * len(FAMILIES)), ""])
             continue
         cells = [_cell([r for r in impl.results if family(r.check) == f]) for f in FAMILIES]
         rows.append([impl.name, impl.verdict.upper() if impl.verdict != "pass" else "pass",
-                     *cells, f"{impl.seconds:.1f}"])
+                     impl.coverage().percent(), *cells, f"{impl.seconds:.1f}"])
     return header, rows
 
 
@@ -167,6 +169,16 @@ def _environment_lines(env: dict) -> list[str]:
     ]
 
 
+def coverage_rows(run: RunResult) -> tuple[list[str], list[list[str]]]:
+    """Implementation, checks judged of those asked, features no judged check exercised."""
+    rows = []
+    for impl in run.implementations:
+        judged = impl.coverage()
+        rows.append([impl.name, f"{judged.judged}/{judged.total} ({judged.percent()})",
+                     ", ".join(judged.never_judged) or "-"])
+    return ["implementation", "checks judged", "features never judged"], rows
+
+
 def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str]]]:
     """(implementation, attribution lines, failure messages) for each that did not pass."""
     sections = []
@@ -194,6 +206,8 @@ def to_markdown(run: RunResult) -> str:
         out += ["## Rows with no visible key", "",
                 "zeros is the spec's rule; uniform: the mean of every value; unmasked: attention "
                 "that ignores the mask; nan; other.", "", _md_table(header, rows), ""]
+    out += ["## Coverage", "", "A check an implementation declines (unsupported) is not judged.",
+            "", _md_table(*coverage_rows(run)), ""]
     for warning in run.warnings:
         out.append(f"> warning: {warning}")
     for name, tags, messages in _failure_sections(run):
@@ -218,6 +232,7 @@ def to_html(run: RunResult) -> str:
     header, rows = behaviour_matrix(run)
     if len(header) > 1:
         parts += ["<h2>Rows with no visible key</h2>", table(header, rows)]
+    parts += ["<h2>Coverage</h2>", table(*coverage_rows(run))]
     parts += [f"<p><b>warning:</b> {html.escape(w)}</p>" for w in run.warnings]
     for name, tags, messages in _failure_sections(run):
         parts.append(f"<h2>{html.escape(name)}</h2>")
@@ -238,6 +253,10 @@ def to_junit(run: RunResult) -> str:
     totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     for impl in run.implementations:
         suite = ET.SubElement(root, "testsuite", name=impl.name)
+        properties = ET.SubElement(suite, "properties")
+        for name, value in impl.coverage().to_dict().items():
+            value = ",".join(value) if isinstance(value, list) else value
+            ET.SubElement(properties, "property", name=f"coverage.{name}", value=str(value))
         counts = dict.fromkeys(totals, 0)
         if impl.reason is not None:
             case = ET.SubElement(suite, "testcase", classname=impl.name, name="load")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from attnsuite.conformance.cases import Case, catalog, find_case
+from attnsuite.conformance.coverage import LOW_COVERAGE, Coverage, coverage
 from attnsuite.conformance.checks import CheckResult, Options, Subject, judge_case, reference
 from attnsuite.conformance.weights import load_weights
 from attnsuite.conformance.xfails import Xfails
@@ -66,11 +67,20 @@ class ImplResult:
     def failures(self) -> list[CheckResult]:
         return [r for r in self.results if r.status in FAILING]
 
-    def finish(self) -> None:
+    def coverage(self) -> Coverage:
+        return coverage(self.results)
+
+    def finish(self, min_coverage: float | None = None) -> None:
+        """The verdict; ``min_coverage`` (a share, 0 to 1): judged on less fails."""
+        share = self.coverage().share
         if self.reason is not None:
             self.verdict = "error"
         elif self.failures():
             self.verdict = "fail"
+        elif min_coverage is not None and 0 < share < min_coverage:
+            self.verdict = "fail"
+            self.reason = (f"judged on {self.coverage().describe()}, below --min-coverage "
+                           f"{100 * min_coverage:.0f}%")
         elif all(r.status == "unsupported" for r in self.results):
             # Nothing judged is no pass (as pytest exits 5 when no test ran): a gate that
             # declined every case must not turn green.
@@ -395,11 +405,12 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
           device: str = "cpu", weights=None, xfails=None, strict_fully_masked: bool = False,
           case_filter: str | Sequence[str] | Callable[[Case], bool] | None = None,
           isolate: bool = False, progress: bool = False, seed: int = 0,
-          jobs: int | None = None) -> RunResult:
+          jobs: int | None = None, min_coverage: float | None = None) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights``: a ``--weights`` file path (see conformance.weights). ``xfails``: a path,
-    lines, or an ``Xfails``. Usage errors (unknown profile, dtype, case, unreadable
+    lines, or an ``Xfails``. ``min_coverage``: a share of the checks (0 to 1) that an
+    implementation must be judged on to pass (conformance.coverage). Usage errors (unknown profile, dtype, case, unreadable
     weights or xfails file) raise ValueError before anything runs.
     """
     names = list(impls)
@@ -450,6 +461,11 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
                                              f"{finished_cases[i]} of {len(cases)} cases: {last}")
     finally:
         bar.close()
+    warnings = xfail_list.unmatched()
     for impl in results:
-        impl.finish()
-    return RunResult(results, list(cases), env, xfail_list.unmatched())
+        impl.finish(min_coverage)
+        judged = impl.coverage()
+        if impl.verdict == "pass" and judged.share < LOW_COVERAGE:
+            warnings.append(f"{impl.name} passed, but on only {judged.describe()} "
+                            f"(--min-coverage to require more)")
+    return RunResult(results, list(cases), env, warnings)

@@ -59,13 +59,15 @@ def test_json_is_strict_even_with_nan_results(run):
 
 def test_matrix_cells(run):
     header, rows = report.matrix(run)
-    assert header[:3] == ["implementation", "verdict", "output"]
+    assert header[:4] == ["implementation", "verdict", "judged", "output"]
     cells = {row[0]: dict(zip(header, row)) for row in rows}
     assert cells["numpy.oracle"]["output"].startswith("pass (worst")
     assert cells[P + "returns_nan"]["output"].startswith("FAIL ")
     assert cells[P + "returns_nan"]["verdict"] == "FAIL"
     assert "unsupported" in cells[P + "unsupported_gqa"]["output"]
     assert cells["numpy.oracle"]["dropout"] == "unsupported"
+    assert cells[P + "unsupported_gqa"]["judged"].endswith("%")
+    assert int(cells[P + "unsupported_gqa"]["judged"][:-1]) < int(cells[P + "returns_nan"]["judged"][:-1])
 
 
 def test_attribution_names_the_features_failures_share():

@@ -43,3 +43,14 @@ def memory_only(spec, **context):
 
     fn.vjp = layer.vjp
     return fn
+
+
+def picky(spec):
+    """Declines every spec but plain multi-head self-sized attention with biases."""
+    from attnsuite.impls import Unsupported
+
+    plain = spec.replace(causal=None, window=None, softcap=None, num_kv_heads=None, kdim=None,
+                         vdim=None, bias=True, dropout=0.0, scale=None, out_dim=None)
+    if spec != plain:
+        raise Unsupported("only plain multi-head attention")
+    return _layer(spec)
