@@ -17,6 +17,7 @@ spec and shapes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from typing import Iterable
@@ -24,6 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from attnsuite.impls import init_weights
+from attnsuite.conformance.pairwise import covering_array
 from attnsuite.impls.calling import FORMS
 from attnsuite.impls.oracle import rounding, structural_mask, visibility
 from attnsuite.impls.spec import AttentionSpec
@@ -87,6 +89,9 @@ def spec_tokens(spec: AttentionSpec) -> list[str]:
         tokens.append(f"softcap{_number(s.softcap)}")
     if s.dropout:
         tokens.append(f"dropout{_number(s.dropout)}")
+    if s.rope is not None:
+        tokens.append(f"rope_{s.rope.style}" + (f"{_number(s.rope.theta)}" if s.rope.theta != 10000.0 else "")
+                      + (f"_r{s.rotary_dim}" if s.rotary_dim != s.d_k else ""))
     return tokens
 
 
@@ -99,6 +104,8 @@ def spec_tags(spec: AttentionSpec) -> list[str]:
         tags.append("mqa")
     elif s.H_kv < s.H:
         tags.append("gqa")
+        if s.group_size >= 3:
+            tags.append("gqa_group3plus")
     else:
         tags.append("mha")
     if s.H >= 8:
@@ -122,6 +129,8 @@ def spec_tags(spec: AttentionSpec) -> list[str]:
         tags.append("softcap")
     if s.dropout:
         tags.append("dropout")
+    if s.rope is not None:
+        tags += ["rope", f"rope_{s.rope.style}"] + (["rope_partial"] if s.rotary_dim < s.d_k else [])
     return tags
 
 
@@ -202,6 +211,8 @@ class Case:
             tags.append("lq_lt_lk" if self.L_q < self.L_k else "lq_gt_lk")
         if max(self.L_q, self.L_k) > 256:
             tags.append("long")
+        if self.L_k > 128 and self.L_k % 128:
+            tags.append("long_keys")      # a last partial block of keys in 128-key tiles
         tags.append(f"mask_{self.mask}")
         if self.has_fully_masked_rows:
             tags.append("fully_masked")
@@ -413,6 +424,7 @@ class Recipe:
     profile: str = "default"              # the smallest profile that holds it
     quick: tuple[str, ...] = F32          # its dtypes in the quick profile
     default: tuple[str, ...] = F32        # its dtypes in the default profile (with the quick ones)
+    only: tuple[str, ...] | None = None   # its dtypes in the default and full profiles, if set
 
     def allowed_dtypes(self) -> tuple[str, ...]:
         if self.checks != NUMERIC:
@@ -423,6 +435,8 @@ class Recipe:
         return DTYPES
 
     def dtypes(self, profile: str) -> tuple[str, ...]:
+        if self.only is not None:
+            return () if profile == "quick" else self.only
         if profile == "full":
             return self.allowed_dtypes()
         wanted = set(self.quick) | (set(self.default) if profile == "default" else set())
@@ -455,6 +469,12 @@ def _recipes() -> list[Recipe]:
         R(base, 2, 4, 4, checks=("stateless",), profile=q),
         R(gqa_br, 2, 4, 6, mask="random", checks=("deterministic",), profile=q),
         R(S(16, 1, bias=False, dropout=0.3), 8, 128, 16, checks=("dropout",), profile=q),
+        # The paths real layers take: key and value as one tensor, query heads in groups of
+        # three, a square (asymmetric) rank-2 mask, a last partial block of 128 keys.
+        R(S(8, 2, kdim=6, vdim=6), 2, 4, 6, form="kv", profile=q),
+        R(S(24, 6, num_kv_heads=2, causal="top_left"), 2, 5, 5, profile=q),
+        R(base, 2, 5, 5, mask="2d", profile=q),
+        R(base, 1, 3, 150, profile=q),
         # default
         R(S(32, 8), 2, 4, 6, default=F32_64),
         R(S(12, 3, head_dim=5), 2, 5, 4),
@@ -506,6 +526,58 @@ def _recipes() -> list[Recipe]:
     ]
 
 
+# The default profile also holds every pair of these feature values (a covering array of
+# strength 2, conformance/pairwise.py), so no interaction is left to hand-picking.
+PAIRWISE_FACTORS = {
+    # heads: (H, H_kv); "gqa3" has group size 3 with 2 key/value heads.
+    "heads": {"mha": (2, 2), "gqa": (4, 2), "gqa3": (6, 2), "mqa": (4, 1)},
+    "mask": {"none": "none", "2d": "2d", "random": "random", "key_padding": "key_padding"},
+    "bias": {"none": None, "2d": "2d", "random": "random"},
+    "causal": {"none": None, "top_left": "top_left", "bottom_right": "bottom_right"},
+    "window": {"none": None, "window": (2, 1)},
+    "softcap": {"none": None, "softcap": 2.0},
+    "form": {form: form for form in FORMS},
+    "dtype": {dtype: dtype for dtype in DTYPES},
+    # lengths: (L_q, L_k); "long" passes 128 keys and is no multiple of 64 (a last
+    # partial block in tiled kernels); "one" is a single query, as in a decoding step.
+    "lengths": {"lt": (5, 9), "gt": (9, 5), "eq": (6, 6), "one": (1, 7), "long": (150, 150)},
+}
+
+
+def _pairwise_allowed(row: dict) -> bool:
+    """Self-attention passes one tensor: its lengths are equal."""
+    return not (row.get("form") == "self" and row.get("lengths") not in (None, "eq", "long"))
+
+
+@functools.cache
+def pairwise_recipes(seed: int = 0) -> tuple[Recipe, ...]:
+    """The default profile's covering array of PAIRWISE_FACTORS, one recipe per row."""
+    factors = {name: list(levels) for name, levels in PAIRWISE_FACTORS.items()}
+    recipes = []
+    for row in covering_array(factors, _pairwise_allowed, seed=seed):
+        level = {name: PAIRWISE_FACTORS[name][row[name]] for name in factors}
+        H, H_kv = level["heads"]
+        spec = AttentionSpec(16, H, num_kv_heads=H_kv if H_kv != H else None, head_dim=8,
+                             causal=level["causal"], window=level["window"],
+                             softcap=level["softcap"])
+        L_q, L_k = level["lengths"]
+        recipes.append(Recipe(spec, 2 if L_k < 128 else 1, L_q, L_k, mask=level["mask"],
+                              bias=level["bias"], form=level["form"], only=(level["dtype"],)))
+    return tuple(recipes)
+
+
+def case_levels(case: Case) -> dict[str, str]:
+    """The PAIRWISE_FACTORS levels a case holds (None where it holds none of them)."""
+    def level(name, value):
+        return next((k for k, v in PAIRWISE_FACTORS[name].items() if v == value), None)
+    s = case.spec
+    return {"heads": level("heads", (s.H, s.H_kv)), "mask": level("mask", case.mask),
+            "bias": level("bias", case.bias), "causal": level("causal", s.causal),
+            "window": level("window", s.window), "softcap": level("softcap", s.softcap),
+            "form": case.form, "dtype": case.dtype,
+            "lengths": level("lengths", (case.L_q, case.L_k))}
+
+
 def _catalog_seed(case_id: str, seed: int) -> int:
     return (zlib.crc32(case_id.encode()) + 1_000_003 * seed) % 2 ** 32
 
@@ -527,7 +599,7 @@ def catalog(profile: str = "default", dtypes: Iterable[str] | None = None, seed:
     if unknown:
         raise ValueError(f"dtypes: {sorted(unknown)} not among {DTYPES}")
     cases: dict[str, Case] = {}
-    for recipe in _recipes():
+    for recipe in _recipes() + list(pairwise_recipes()):
         if PROFILES.index(recipe.profile) > level:
             continue
         recipe_spec = recipe.spec

@@ -178,3 +178,24 @@ def test_hypothesis_shrinks_a_failure_to_a_minimal_spec_and_shape():
     assert (minimal.B, minimal.L_q, minimal.L_k) == (1, 1, 1), minimal.id
     assert minimal.mask == "none" and minimal.bias is None and s.causal is None, minimal.id
     assert s.d_k == 1 and s.kdim is None and s.vdim is None and s.out_dim is None, minimal.id
+
+
+def test_the_default_profile_holds_every_pair_of_feature_values():
+    """Issue: feature interactions were hand-picked and some pairs never met. Read back from
+    the default catalog's cases themselves (not from the generator's rows)."""
+    from attnsuite.conformance.cases import PAIRWISE_FACTORS, _pairwise_allowed, case_levels
+    from attnsuite.conformance.pairwise import feasible_pairs, pairs_of
+
+    factors = {name: list(levels) for name, levels in PAIRWISE_FACTORS.items()}
+    order = {name: i for i, name in enumerate(factors)}
+    held = set()
+    for case in catalog("default"):
+        levels = {k: v for k, v in case_levels(case).items() if v is not None}
+        held |= pairs_of(levels, order)
+    missing = feasible_pairs(factors, _pairwise_allowed) - held
+    assert not missing, f"{len(missing)} pairs never meet, e.g. {sorted(missing)[:5]}"
+    # The levels the issue names are among them.
+    assert {"gqa3", "mqa"} <= set(factors["heads"]) and PAIRWISE_FACTORS["heads"]["gqa3"] == (6, 2)
+    long_L = PAIRWISE_FACTORS["lengths"]["long"][1]
+    assert long_L > 128 and long_L % 64
+    assert {"self", "kv", "qkv"} <= set(factors["form"])

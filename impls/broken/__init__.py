@@ -23,6 +23,7 @@ CATEGORIES = {
     "layout": "head and scale bookkeeping",
     "state": "hidden state between calls",
     "precision": "part of the work done in the wrong dtype",
+    "form": "only a call form, a head grouping, a mask layout or a length reveals it",
 }
 
 
@@ -143,6 +144,22 @@ def _rows():
         (jax, "softmax_sum_in_float16", "softmax denominator accumulated in float16",
          Expect("precision", OUTPUT, "float32 results carry float16 rounding of the row sums",
                 tags=("float32",), only_in=("float32", "float64"))),
+        # Only the paths that real layers take reveal these (call forms, pairwise cases).
+        (torch, "self_attention_projects_keys_with_wq", "self form: keys projected with wq",
+         Expect("form", ANY_NUMERIC, "only a call with one tensor as query, key and value takes "
+                "the shortcut", tags=("form_self",), only_in=("form_self",))),
+        (torch, "memory_projected_once_with_wk", "kv form: values projected with wk",
+         Expect("form", ANY_NUMERIC, "only a call with one tensor as key and value takes the "
+                "shortcut", tags=("form_kv",), only_in=("form_kv",))),
+        (torch, "gqa_pairs_hard_coded", "grouped heads read kv head (h // 2) mod H_kv",
+         Expect("form", OUTPUT, "right for groups of 2; a group of 3 or more with several kv "
+                "heads reads the wrong head", tags=("gqa_group3plus",), only_in=("gqa_group3plus",))),
+        (torch, "square_mask_read_as_key_by_query", "a square rank-2 mask transposed",
+         Expect("form", OUTPUT, "only an asymmetric square (L, L) mask shows it",
+                tags=("mask_2d",), only_in=("mask_2d",))),
+        (torch, "last_partial_key_block_dropped", "keys past the last full block of 128 dropped",
+         Expect("form", OUTPUT, "only more than 128 keys, not a multiple of 128, show it",
+                tags=("long_keys",), only_in=("long_keys",))),
     ]
 
 

@@ -235,3 +235,81 @@ def probs_in_half_precision(spec):
             return probs.half().to(v.dtype) @ v
 
     return Layer(spec)
+
+
+# --- Bugs only some call forms, head groupings, masks or lengths reveal ---------------------
+
+def self_attention_projects_keys_with_wq(spec):
+    """Self-attention "shortcut": when one tensor comes in, its keys are the queries' projection."""
+
+    class Layer(Attention):
+        def keys_values(self, params, key, value):
+            if self.self_call:
+                key_params = {**params, "wk": params["wq"], "bk": params.get("bq")}
+                return super().keys_values(key_params, key, value)
+            return super().keys_values(params, key, value)
+
+        def __call__(self, params, query, key, value, *args, **kwargs):
+            self.self_call = query is key is value and params["wq"].shape == params["wk"].shape
+            return super().__call__(params, query, key, value, *args, **kwargs)
+
+    return Layer(spec)
+
+
+def memory_projected_once_with_wk(spec):
+    """Cross-attention "shortcut": when key is value, the memory is projected once, with wk, for both."""
+
+    class Layer(Attention):
+        def __call__(self, params, query, *args, **kwargs):
+            self.query = query
+            return super().__call__(params, query, *args, **kwargs)
+
+        def keys_values(self, params, key, value):
+            s = self.spec
+            if key is value and key is not self.query and s.d_k == s.d_v:
+                k = self.expand_kv(self.split_heads(self.project(key, params, "k"), s.H_kv))
+                return k, k
+            return super().keys_values(params, key, value)
+
+    return Layer(spec)
+
+
+def gqa_pairs_hard_coded(spec):
+    """Grouped heads written for a model whose query heads come in pairs: kv head (h // 2) mod H_kv."""
+
+    class Layer(Attention):
+        def expand_kv(self, x):
+            s = self.spec
+            if s.H_kv in (1, s.H):            # MQA and MHA have their own, tested branches
+                return super().expand_kv(x)
+            return x[:, (torch.arange(s.H, device=x.device) // 2) % s.H_kv]
+
+    return Layer(spec)
+
+
+def square_mask_read_as_key_by_query(spec):
+    """A square rank-2 mask read as (L_k, L_q), the other library's convention: transposed."""
+
+    class Layer(Attention):
+        def masked(self, logits, mask, visible):
+            if mask is not None and mask.dim() == 2 and mask.shape[0] == mask.shape[1]:
+                mask = mask.T
+            return super().masked(logits, mask, visible)
+
+    return Layer(spec)
+
+
+def last_partial_key_block_dropped(spec):
+    """A tiled softmax over blocks of 128 keys whose loop runs L_k // 128 times: the last
+    partial block is dropped once there are more than 128 keys."""
+    block = 128
+
+    class Layer(Attention):
+        def masked(self, logits, mask, visible):
+            L_k = logits.shape[-1]
+            if L_k > block:
+                covered = torch.arange(L_k, device=logits.device) < (L_k // block) * block
+                visible = visible & covered
+            return super().masked(logits, mask, visible)
+
+    return Layer(spec)
