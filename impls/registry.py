@@ -52,6 +52,13 @@ REGISTRY: tuple[Entry, ...] = (
        "flax.linen.MultiHeadDotProductAttention", "builtin"),
     _e("flax.nnx.MultiHeadAttention", "jax", "attnsuite.impls.builtin.flax:nnx_mha",
        "flax.nnx.MultiHeadAttention", "builtin"),
+    # The ecosystem's layers (the [ecosystem] extra), through their real forward.
+    _e("transformers.LlamaAttention.eager", "torch",
+       "attnsuite.impls.builtin.transformers:llama_attention_eager",
+       "HF transformers LlamaAttention, eager attention (self-attention only)", "builtin"),
+    _e("transformers.LlamaAttention.sdpa", "torch",
+       "attnsuite.impls.builtin.transformers:llama_attention_sdpa",
+       "HF transformers LlamaAttention, SDPA attention (self-attention only)", "builtin"),
 )
 
 
