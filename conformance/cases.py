@@ -25,6 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from attnsuite.impls import init_weights
+from attnsuite.conformance.case_ids import parse_case_id
 from attnsuite.conformance.pairwise import covering_array
 from attnsuite.impls.calling import FORMS
 from attnsuite.impls.oracle import rounding, structural_mask, visibility
@@ -67,7 +68,7 @@ def spec_tokens(spec: AttentionSpec) -> list[str]:
     else:
         layout = f"mha{s.H}"
     tokens = [layout, f"E{s.E}"]
-    if s.head_dim is not None and s.head_dim != s.E // s.H:
+    if s.head_dim is not None and (s.head_dim != s.E // s.H or s.E % s.H):
         tokens.append(f"dk{s.d_k}")
     if s.d_v != s.d_k:
         tokens.append(f"dv{s.d_v}")
@@ -616,53 +617,108 @@ def catalog(profile: str = "default", dtypes: Iterable[str] | None = None, seed:
     return list(cases.values())
 
 
+_ID_KINDS = {"mask": MASK_KINDS, "bias": BIAS_KINDS, "stress": STRESS_KINDS, "forms": FORMS,
+             "checks": BEHAVIOUR, "dtypes": DTYPES}
+
+
+def case_from_id(case_id: str, seed: int = 0) -> Case:
+    """The case an id spells (conformance/case_ids.py): a catalog case in any profile or
+    call form, or a generated one; ValueError saying which token it cannot read."""
+    case = Case(**parse_case_id(case_id, _ID_KINDS))
+    if case.id != case_id:   # e.g. a token out of the canonical order
+        raise ValueError(f"case id {case_id!r} reads back as {case.id!r}")
+    return case if case.generated else case.replace(seed=_catalog_seed(case.id, seed))
+
+
 def find_case(case_id: str, seed: int = 0, spec: AttentionSpec | None = None) -> Case:
-    """The catalog case with this id, whatever its profile; ValueError naming near ids."""
-    for case in catalog("full", seed=seed, spec=spec):
+    """The case with this id: from the catalog (on ``spec`` for --weights), else read from
+    the id itself; ValueError naming near ids."""
+    full = catalog("full", seed=seed, spec=spec)
+    for case in full:
         if case.id == case_id:
             return case
-    import difflib
-    near = difflib.get_close_matches(case_id, [c.id for c in catalog("full", seed=seed, spec=spec)], 3)
-    hint = f"; did you mean {', '.join(near)}?" if near else ""
-    raise ValueError(f"case {case_id!r} is not in the catalog{hint}")
+    try:
+        return case_from_id(case_id, seed)
+    except ValueError as exc:
+        import difflib
+        near = difflib.get_close_matches(case_id, [c.id for c in full], 3)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ValueError(f"case {case_id!r} is not in the catalog and {exc}{hint}") from exc
 
 
 # ---------------------------------------------------------------------------------------
 # Generated cases (hypothesis): every draw shrinks towards the smallest, plainest case.
 
+def _draw_case(pick, dtypes: tuple[str, ...], max_len: int) -> Case:
+    """A generated case, each choice made by ``pick`` (``integers(lo, hi)``, ``choice(seq)``,
+    ``boolean()``), whose first options are the plainest: hypothesis shrinks towards them."""
+    def maybe(draw):
+        return draw() if pick.boolean() else None
+
+    H_kv = pick.integers(1, 3)
+    H = H_kv * pick.integers(1, 3)
+    d_k = pick.integers(1, 5)
+    explicit_head_dim = pick.boolean()
+    E = pick.integers(1, 12) if explicit_head_dim else H * d_k
+    small = lambda: pick.integers(1, 6)  # noqa: E731
+    spec = AttentionSpec(
+        d_model=E, num_heads=H, num_kv_heads=H_kv if H_kv != H else None,
+        head_dim=d_k if explicit_head_dim else None,
+        kdim=maybe(small), vdim=maybe(small), value_head_dim=maybe(small), out_dim=maybe(small),
+        bias=not pick.boolean(),
+        scale=maybe(lambda: pick.choice([0.25, 0.5, 2.0])),
+        causal=pick.choice([None, "top_left", "bottom_right"]),
+        window=maybe(lambda: (pick.integers(0, 4), pick.integers(0, 4))),
+        softcap=maybe(lambda: pick.choice([1.0, 3.0])),
+    )
+    L_q = pick.integers(1, max_len)
+    forms = [f for f in FORMS if (f != "self" or not spec.is_cross) and (f != "kv" or spec.E_k == spec.E_v)]
+    form = pick.choice(forms)
+    L_k = L_q if form == "self" else pick.integers(1, max_len)
+    return Case(spec, pick.integers(1, 3), L_q, L_k, pick.choice(dtypes),
+                mask=pick.choice(MASK_KINDS), bias=maybe(lambda: pick.choice(BIAS_KINDS)),
+                seed=pick.integers(0, 2 ** 32 - 1), form=form, generated=True)
+
+
+class _RandomPick:
+    """``_draw_case``'s choices from a seeded NumPy generator (``attnsuite check --generated``)."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def integers(self, lo: int, hi: int) -> int:
+        return int(self.rng.integers(lo, hi + 1))
+
+    def choice(self, options):
+        return options[int(self.rng.integers(len(options)))]
+
+    def boolean(self) -> bool:
+        return bool(self.rng.integers(2))
+
+
+def generated_cases(n: int, seed: int = 0, dtypes: Iterable[str] = ("float64", "float32"),
+                    max_len: int = 9) -> list[Case]:
+    """``n`` generated cases, the same for the same ``seed``; each id carries its own seed,
+    so ``--case ID`` reproduces it alone."""
+    pick = _RandomPick(seed)
+    return [_draw_case(pick, tuple(dtypes), max_len) for _ in range(n)]
+
+
 def case_strategy(dtypes: Iterable[str] = ("float64", "float32"), max_len: int = 9):
     """A hypothesis strategy of numeric ``Case``s with ``generated=True``."""
     from hypothesis import strategies as st
 
-    dtypes = tuple(dtypes)
-    small = st.integers(1, 6)
+    class HypothesisPick:
+        def __init__(self, draw):
+            self.draw = draw
 
-    @st.composite
-    def cases(draw):
-        H_kv = draw(st.integers(1, 3))
-        H = H_kv * draw(st.integers(1, 3))
-        d_k = draw(st.integers(1, 5))
-        explicit_head_dim = draw(st.booleans())
-        E = draw(st.integers(1, 12)) if explicit_head_dim else H * d_k
-        spec = AttentionSpec(
-            d_model=E, num_heads=H, num_kv_heads=H_kv if H_kv != H else None,
-            head_dim=d_k if explicit_head_dim else None,
-            kdim=draw(st.none() | small), vdim=draw(st.none() | small),
-            value_head_dim=draw(st.none() | small), out_dim=draw(st.none() | small),
-            bias=draw(st.booleans().map(lambda b: not b)),
-            scale=draw(st.none() | st.sampled_from([0.25, 0.5, 2.0])),
-            causal=draw(st.sampled_from([None, "top_left", "bottom_right"])),
-            window=draw(st.none() | st.tuples(st.integers(0, 4), st.integers(0, 4))),
-            softcap=draw(st.none() | st.sampled_from([1.0, 3.0])),
-        )
-        L_q = draw(st.integers(1, max_len))
-        forms = [f for f in FORMS if (f != "self" or not spec.is_cross) and (f != "kv" or spec.E_k == spec.E_v)]
-        form = draw(st.sampled_from(forms))
-        L_k = L_q if form == "self" else draw(st.integers(1, max_len))
-        return Case(spec, draw(st.integers(1, 3)), L_q, L_k, draw(st.sampled_from(dtypes)),
-                    mask=draw(st.sampled_from(MASK_KINDS)),
-                    bias=draw(st.none() | st.sampled_from(BIAS_KINDS)),
-                    seed=draw(st.integers(0, 2 ** 32 - 1)), form=form,
-                    generated=True)
+        def integers(self, lo, hi):
+            return self.draw(st.integers(lo, hi))
 
-    return cases()
+        def choice(self, options):
+            return self.draw(st.sampled_from(options))
+
+        def boolean(self):
+            return self.draw(st.booleans())
+
+    return st.composite(lambda draw: _draw_case(HypothesisPick(draw), tuple(dtypes), max_len))()

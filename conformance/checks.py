@@ -81,8 +81,6 @@ class Options:
     seed: int = 0
 
     def reproduce(self, impl: str, case: Case) -> str:
-        if case.generated:
-            return "reproduce: a generated case; hypothesis prints the falsifying example"
         extra = [f"--device {self.device}"] if self.device != "cpu" else []
         extra += [f"--weights {self.weights_path}"] if self.weights_path else []
         extra += [f"--seed {self.seed}"] if self.seed else []

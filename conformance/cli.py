@@ -43,6 +43,12 @@ def _dtypes(text: str) -> list[str]:
     return names
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of cases (an int >= 0)")
+    return int(text)
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text)
@@ -78,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", action="append", metavar="ID",
                    help="only this case (any profile's id, or an fnmatch pattern); repeatable")
     p.add_argument("--seed", type=int, default=0, help="shifts every case's seed (default 0)")
+    p.add_argument("--generated", type=_count, default=0, metavar="N",
+                   help="also N generated cases (drawn from --seed; each id carries its own "
+                        "seed, so --case ID reproduces one)")
     p.add_argument("--jobs", type=int, default=None, help="framework processes at once (default: cores)")
     p.add_argument("--min-coverage", type=_percent, metavar="P",
                    help="fail an implementation judged on less than P%% of the checks it was "
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     weights=args.weights, xfails=args.xfails,
                     strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
                     isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
-                    min_coverage=args.min_coverage)
+                    min_coverage=args.min_coverage, generated=args.generated)
     except ValueError as exc:
         print(f"attnsuite check: error: {exc}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from attnsuite.conformance.cases import Case, catalog, find_case
+from attnsuite.conformance.cases import Case, catalog, find_case, generated_cases
 from attnsuite.conformance.coverage import LOW_COVERAGE, Coverage, coverage
 from attnsuite.conformance.checks import CheckResult, Options, Subject, judge_case, reference
 from attnsuite.conformance.weights import load_weights
@@ -111,14 +111,18 @@ class RunResult:
 # Choosing the cases.
 
 def select_cases(profile: str = "quick", dtypes: Iterable[str] | None = None, case_filter=None,
-                 seed: int = 0, spec=None) -> list[Case]:
-    """The profile's cases, filtered.
+                 seed: int = 0, spec=None, generated: int = 0) -> list[Case]:
+    """The profile's cases (and ``generated`` generated ones, drawn from ``seed``), filtered.
 
-    ``case_filter``: None; a case id (looked up in the whole catalog, whatever the
-    profile: the repro line of a failure works from any run); an fnmatch pattern over the
-    profile's ids; a list of those; or a predicate ``Case -> bool``.
+    ``case_filter``: None; a case id (of any profile, call form or generated case: the
+    repro line of a failure works from any run); an fnmatch pattern over the selected
+    cases' ids; a list of those; or a predicate ``Case -> bool``.
     """
+    if generated < 0:
+        raise ValueError(f"generated: a number of cases >= 0, got {generated}")
     cases = catalog(profile, dtypes, seed, spec)
+    if generated:
+        cases += generated_cases(generated, seed, dtypes or ("float64", "float32"))
     if case_filter is None:
         return cases
     if callable(case_filter):
@@ -405,7 +409,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
           device: str = "cpu", weights=None, xfails=None, strict_fully_masked: bool = False,
           case_filter: str | Sequence[str] | Callable[[Case], bool] | None = None,
           isolate: bool = False, progress: bool = False, seed: int = 0,
-          jobs: int | None = None, min_coverage: float | None = None) -> RunResult:
+          jobs: int | None = None, min_coverage: float | None = None,
+          generated: int = 0) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights``: a ``--weights`` file path (see conformance.weights). ``xfails``: a path,
@@ -416,7 +421,7 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     names = list(impls)
     dtypes = list(dtypes) if dtypes else None
     weights_spec, weights_arrays = load_weights(weights) if weights is not None else (None, None)
-    cases = select_cases(profile, dtypes, case_filter, seed, weights_spec)
+    cases = select_cases(profile, dtypes, case_filter, seed, weights_spec, generated)
     xfail_list = Xfails.coerce(xfails)
     options = Options(device, strict_fully_masked, None if weights is None else str(weights), seed)
     env = environment(profile=profile, dtypes=dtypes, device=device, seed=seed,

@@ -74,10 +74,11 @@ def test_generated(session, impl_name, request):
 
     dtypes = request.config.getoption("--dtype") or ("float64", "float32")
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
+    # Hypothesis's example database (.hypothesis/) replays a past falsifying case first.
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(case=case_strategy(dtypes))
     def judge(case):
+        print(f"case {case.id}: reproduce with --case {case.id}")  # pytest shows it on failure
         session.judge(impl_name, case)      # an unsupported case is simply not a failure
 
     judge()

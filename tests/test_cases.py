@@ -199,3 +199,37 @@ def test_the_default_profile_holds_every_pair_of_feature_values():
     long_L = PAIRWISE_FACTORS["lengths"]["long"][1]
     assert long_L > 128 and long_L % 64
     assert {"self", "kv", "qkv"} <= set(factors["form"])
+
+
+def test_every_case_id_reads_back_into_its_case():
+    """--case takes any id the suite prints: catalog cases of every profile, cases moved into
+    a call form, and generated ones (whose id carries the seed)."""
+    from attnsuite.conformance.cases import case_from_id, generated_cases
+
+    cases = catalog("full") + [c.in_form(f) for c in catalog("default") for f in ("self", "kv")]
+    cases += generated_cases(60, seed=11)
+    for case in cases:
+        again = case_from_id(case.id)
+        assert (again.id, again.seed) == (case.id, case.seed), case.id
+        a, b = case.materialize(), again.materialize()
+        for name in ("query", "key", "value", "d_out"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=case.id)
+
+
+@pytest.mark.parametrize("case_id, complaint", [
+    ("mha2-E8-B2-Lq5-Lk5-float33", "float33"), ("mha2-E8-B2-Lq5-float32", "B<batch>"),
+    ("xyz-E8-B2-Lq5-Lk5-float32", "head layout"), ("mha2-E8-frob-B2-Lq5-Lk5-float32", "spec token"),
+    ("gen-mha2-E8-B2-Lq5-Lk5-float32", "seed"), ("mha2-E8-B2-Lq5-Lk5-float32-mask_random", "reads back")])
+def test_an_id_that_spells_no_case_says_which_token(case_id, complaint):
+    from attnsuite.conformance.cases import find_case
+
+    with pytest.raises(ValueError, match=complaint):
+        find_case(case_id)
+
+
+def test_generated_cases_are_seeded():
+    from attnsuite.conformance.cases import generated_cases
+
+    assert [c.id for c in generated_cases(5, 3)] == [c.id for c in generated_cases(5, 3)]
+    assert [c.id for c in generated_cases(5, 3)] != [c.id for c in generated_cases(5, 4)]
+    assert all(c.generated and c.id.startswith("gen-") for c in generated_cases(5, 3))

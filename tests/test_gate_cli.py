@@ -143,3 +143,15 @@ def test_usage_errors_exit_2(argv, text, capsys):
 def test_attnsuite_dispatches_check():
     assert attnsuite_main(["check", "numpy.oracle", "-q", "--case", "mha2-E8-B2-Lq5-Lk5-float32"]) == 0
     assert attnsuite_main(["check", "--profile"]) == 2
+
+
+def test_generated_cases_run_from_the_cli_and_reproduce_by_id(capsys):
+    from attnsuite.conformance import cli
+    from attnsuite.conformance.cases import catalog, generated_cases
+
+    assert cli.main(["numpy.oracle", "--profile", "quick", "--generated", "4", "--seed", "7"]) == 0
+    assert f"({len(catalog('quick')) + 4} cases, profile quick)" in capsys.readouterr().out
+    one = generated_cases(4, 7)[2]
+    assert cli.main(["numpy.oracle", "--case", one.id]) == 0
+    assert "(1 cases, profile quick)" in capsys.readouterr().out
+    assert cli.main(["numpy.oracle", "--generated", "-3"]) == 2
