@@ -39,9 +39,9 @@ MASK_KINDS = ("none", "all_visible", "batch", "head", "key_padding", "random", "
 BIAS_KINDS = ("random", "alibi", "2d")
 STRESS_KINDS = ("large_logits", "masked_huge_values")
 NUMERIC = ("output", "grads")
-BEHAVIOUR = ("stateless", "deterministic", "dropout")
+BEHAVIOUR = ("stateless", "deterministic", "dropout", "decode")
 BEHAVIOUR_TAGS = {"stateless": "stateless", "deterministic": "deterministic",
-                  "dropout": "dropout_training"}
+                  "dropout": "dropout_training", "decode": "decode"}
 
 # A plain exp() overflows above log(max finite): the large-logit stress goes 1.5x past it.
 OVERFLOW_LOGIT = {"float64": math.log(np.finfo(np.float64).max),
@@ -428,7 +428,7 @@ class Recipe:
     only: tuple[str, ...] | None = None   # its dtypes in the default and full profiles, if set
 
     def allowed_dtypes(self) -> tuple[str, ...]:
-        if self.checks != NUMERIC:
+        if self.checks not in (NUMERIC, ("decode",)):
             return F32_64
         if self.stress == "large_logits":
             # bfloat16's logits near 133 are spaced by 1: its plain computation is noise.
@@ -470,6 +470,9 @@ def _recipes() -> list[Recipe]:
         R(base, 2, 4, 4, checks=("stateless",), profile=q),
         R(gqa_br, 2, 4, 6, mask="random", checks=("deterministic",), profile=q),
         R(S(16, 1, bias=False, dropout=0.3), 8, 128, 16, checks=("dropout",), profile=q),
+        # Decoding with a cache, step by step against the causal pass (conformance/decode.py).
+        R(S(16, 4, num_kv_heads=2, causal="bottom_right"), 2, 9, 9, form="self",
+          checks=("decode",), profile=q, default=ALL),
         # The paths real layers take: key and value as one tensor, query heads in groups of
         # three, a square (asymmetric) rank-2 mask, a last partial block of 128 keys.
         R(S(8, 2, kdim=6, vdim=6), 2, 4, 6, form="kv", profile=q),
@@ -508,6 +511,10 @@ def _recipes() -> list[Recipe]:
         R(S(8, 2, causal="top_left"), 2, 6, 6, mask="random", form="self"),
         R(S(16, 4, num_kv_heads=2, causal="bottom_right", dropout=0.5), 2, 5, 7, mask="random"),
         R(S(16, 4, num_kv_heads=1, kdim=6, vdim=10), 2, 4, 6, checks=("stateless",)),
+        R(S(16, 4, num_kv_heads=2, causal="bottom_right", window=(3, 0), rope={"style": "half"}),
+          2, 9, 9, form="self", checks=("decode",), default=F32_64),
+        R(S(24, 3, causal="bottom_right", rope={"style": "interleaved", "rotary_dim": 4, "theta": 500.0}),
+          1, 7, 7, form="self", checks=("decode",)),
         # Head size 8 and even lengths: shapes that GPU kernels (cuDNN's, FlashAttention's)
         # take, so that a GPU run judges them in the half types, not a fallback. The cases
         # above mostly have head size 4 or odd lengths, which those kernels decline.

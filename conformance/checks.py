@@ -28,6 +28,7 @@ import numpy as np
 
 from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC, Case, CaseData
+from attnsuite.conformance.decode import judge_decode
 from attnsuite.impls import oracle
 from attnsuite.impls.calling import FORM_INPUTS, FORMS, fold_input_grads, make_fn
 from attnsuite.impls.errors import Unsupported
@@ -182,7 +183,8 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options) -
         return judge.all(checks, "unsupported", f"factory: {exc}")
     except Exception as exc:
         return judge.all(checks, "error", f"factory({case.spec}) raised {_raised(exc)}")
-    behaviour = {"stateless": _stateless, "deterministic": _deterministic, "dropout": _dropout}
+    behaviour = {"stateless": _stateless, "deterministic": _deterministic, "dropout": _dropout,
+                 "decode": judge_decode}
     if case.checks != NUMERIC:
         try:
             behaviour[case.checks[0]](judge, fn, ref)

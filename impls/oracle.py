@@ -372,7 +372,8 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
 # The oracle as an implementation the suite can run (registered as "numpy.oracle").
 
 def factory(spec: AttentionSpec):
-    """SPEC section 5 factory. NumPy has no autodiff, so ``fn.vjp`` supplies the backward."""
+    """SPEC section 5 factory. NumPy has no autodiff, so ``fn.vjp`` supplies the backward;
+    ``fn.init_cache``/``fn.decode`` decode with a cache of the key and value inputs."""
 
     def fn(params, query, key, value, mask=None, bias=None):
         return forward(spec, params, query, key, value, mask, bias)
@@ -380,5 +381,16 @@ def factory(spec: AttentionSpec):
     def fn_vjp(params, query, key, value, d_out, mask=None, bias=None):
         return vjp(spec, params, query, key, value, d_out, mask, bias)
 
-    fn.vjp = fn_vjp
+    # New queries are the last tokens of the keys seen so far: the bottom-right alignment.
+    decoding = spec.replace(causal="bottom_right") if spec.causal else spec
+
+    def init_cache(params, batch_size):
+        return {"key": np.zeros((batch_size, 0, spec.E_k)), "value": np.zeros((batch_size, 0, spec.E_v))}
+
+    def decode(params, cache, query, key, value):
+        cache = {"key": np.concatenate([cache["key"], key], axis=1),
+                 "value": np.concatenate([cache["value"], value], axis=1)}
+        return forward(decoding, params, query, cache["key"], cache["value"]), cache
+
+    fn.vjp, fn.init_cache, fn.decode = fn_vjp, init_cache, decode
     return fn

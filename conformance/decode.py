@@ -1,0 +1,79 @@
+"""The ``decode`` check: incremental decoding with a key/value cache, against the oracle's
+full causal pass (SPEC 5, "Decoding").
+
+An implementation declares that it decodes by giving its ``fn`` two more functions:
+
+    cache = fn.init_cache(params, batch_size)
+    out, cache = fn.decode(params, cache, query, key, value)
+
+``query``, ``key`` and ``value`` are the new tokens only (a chunk of one or more), in the
+call form the case is in (self-attention: one tensor); ``out`` is their output. The cache
+is the implementation's own: any layout, mutated or returned anew. The check feeds a
+sequence as a prefill of half its tokens, then single tokens, then a last chunk of two,
+and compares every step's output with the rows of the oracle's causal pass over the whole
+sequence: the new queries sit at the end of the keys seen so far (SPEC 3, 1b), so a cache
+that is dropped, shifted by one, or positions not offset, show. A second sequence decoded
+with a fresh cache must match as well: entries kept from the first show.
+"""
+
+from __future__ import annotations
+
+from attnsuite.conformance import tolerance
+from attnsuite.impls import oracle
+from attnsuite.impls.errors import Unsupported
+
+
+def decode_chunks(length: int) -> list[tuple[int, int]]:
+    """(start, stop) of each step: a prefill of half the tokens, single tokens, a last pair."""
+    prefill = max(1, length // 2)
+    bounds = [0, prefill]
+    while length - bounds[-1] > 2:
+        bounds.append(bounds[-1] + 1)
+    bounds.append(length)
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def declares_decoding(fn) -> bool:
+    return callable(getattr(fn, "init_cache", None)) and callable(getattr(fn, "decode", None))
+
+
+def run_decode(backend, fn, data, dtype: str, device: str):
+    """Each step's output (float64 NumPy) for the sequence in ``data``."""
+    params = backend.params(data.weights, dtype, device)
+    cache = fn.init_cache(params, data.query.shape[0])
+    outputs = []
+    for start, stop in decode_chunks(data.query.shape[1]):
+        chunk = [backend.tensor(a[:, start:stop], dtype, device) for a in (data.query, data.key, data.value)]
+        if data.case.form == "self":
+            chunk = [chunk[0]] * 3
+        out, cache = fn.decode(params, cache, *chunk)
+        outputs.append(((start, stop), backend.to_numpy(out)))
+    return outputs
+
+
+def judge_decode(judge, fn, ref) -> None:
+    """Add the ``decode`` result of one case to ``judge`` (a checks._Judge)."""
+    if not declares_decoding(fn):
+        raise Unsupported("fn declares no decoding (fn.init_cache and fn.decode)")
+    case = judge.case
+    if case.spec.causal is None or case.L_q != case.L_k:
+        raise ValueError(f"{case.id}: decoding needs a causal spec and L_q == L_k")
+    sequences = [("first sequence", ref.data),
+                 ("second sequence (a fresh cache)", case.replace(seed=(case.seed + 1) % 2 ** 32).materialize())]
+    for what, data in sequences:
+        args = (case.spec, data.weights, data.query, data.key, data.value)
+        full = oracle.forward(*args)
+        baseline = oracle.forward(*args, precision=case.dtype) if case.dtype in tolerance.BASELINE_RULE else None
+        for (start, stop), out in run_decode(judge.subject.backend, fn, data, case.dtype,
+                                             judge.options.device):
+            rows = slice(start, stop)
+            comparison = tolerance.compare(out, full[:, rows], case.dtype,
+                                           baseline=None if baseline is None else baseline[:, rows])
+            if not comparison.ok:
+                judge.add("decode", "fail", f"{what}, step over tokens [{start}, {stop}) of "
+                          f"{case.L_q}: {comparison.describe()}; is the cache kept, aligned and "
+                          f"reset?", comparison.ratio, **comparison.worst(), tokens=[start, stop])
+                return
+    steps = len(decode_chunks(case.L_q))
+    judge.add("decode", "pass", f"2 sequences of {case.L_q} tokens in {steps} steps each, every "
+              f"step matches the oracle's causal pass")
