@@ -67,6 +67,7 @@ class Options:
     strict_fully_masked: bool = False
     weights_path: str | None = None
     seed: int = 0
+    diagnose: bool = True           # name the likely bug of a failing implementation
 
     def reproduce(self, impl: str, case: Case) -> str:
         if case.generated:

@@ -20,6 +20,7 @@ from pathlib import Path
 from attnsuite.files import atomic_write_text
 from attnsuite.conformance.cases import DTYPES
 from attnsuite.conformance.checks import CheckResult
+from attnsuite.conformance.diagnosis import cause_lines
 from attnsuite.conformance.runner import FAILING, ImplResult, RunResult
 
 FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout")
@@ -50,7 +51,8 @@ def to_json(run: RunResult) -> dict:
         implementations.append({
             "name": impl.name, "framework": impl.framework, "kind": impl.kind,
             "verdict": impl.verdict, "reason": impl.reason, "seconds": round(impl.seconds, 3),
-            "counts": impl.counts(), "results": [r.to_dict() for r in impl.results],
+            "counts": impl.counts(), "diagnosis": impl.diagnosis,
+            "results": [r.to_dict() for r in impl.results],
         })
     return _finite({
         "implementations": implementations,
@@ -167,8 +169,9 @@ def _environment_lines(env: dict) -> list[str]:
     ]
 
 
-def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str]]]:
-    """(implementation, attribution lines, failure messages) for each that did not pass."""
+def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str], list[str]]]:
+    """(implementation, attribution lines, failure messages, likely cause lines) for each
+    that did not pass."""
     sections = []
     for impl in run.implementations:
         messages = []
@@ -180,7 +183,8 @@ def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str]]]:
             messages.append(f"... and {len(failures) - SHOWN_FAILURES} more (conformance.json)")
         xpasses = [r.message for r in impl.results if r.status == "xpass"]
         if messages or xpasses:
-            sections.append((impl.name, attribution(impl) if failures else [], messages + xpasses))
+            sections.append((impl.name, attribution(impl) if failures else [], messages + xpasses,
+                             cause_lines(impl)))
     return sections
 
 
@@ -196,8 +200,10 @@ def to_markdown(run: RunResult) -> str:
                 "that ignores the mask; nan; other.", "", _md_table(header, rows), ""]
     for warning in run.warnings:
         out.append(f"> warning: {warning}")
-    for name, tags, messages in _failure_sections(run):
+    for name, tags, messages, cause in _failure_sections(run):
         out += [f"## {name}", ""]
+        if cause:
+            out += ["\n".join(cause), ""]
         if tags:
             out += ["Failures concentrate in: " + "; ".join(tags), ""]
         out += ["```", *messages, "```", ""]
@@ -219,8 +225,10 @@ def to_html(run: RunResult) -> str:
     if len(header) > 1:
         parts += ["<h2>Rows with no visible key</h2>", table(header, rows)]
     parts += [f"<p><b>warning:</b> {html.escape(w)}</p>" for w in run.warnings]
-    for name, tags, messages in _failure_sections(run):
+    for name, tags, messages, cause in _failure_sections(run):
         parts.append(f"<h2>{html.escape(name)}</h2>")
+        if cause:
+            parts.append("<p>" + "<br>".join(html.escape(line) for line in cause) + "</p>")
         if tags:
             parts.append("<p>Failures concentrate in: " + html.escape("; ".join(tags)) + "</p>")
         parts.append("<pre>" + html.escape("\n\n".join(messages)) + "</pre>")
@@ -238,6 +246,7 @@ def to_junit(run: RunResult) -> str:
     totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     for impl in run.implementations:
         suite = ET.SubElement(root, "testsuite", name=impl.name)
+        cause = "".join("\n" + line for line in cause_lines(impl))
         counts = dict.fromkeys(totals, 0)
         if impl.reason is not None:
             case = ET.SubElement(suite, "testcase", classname=impl.name, name="load")
@@ -249,7 +258,7 @@ def to_junit(run: RunResult) -> str:
             counts["tests"] += 1
             first_line = r.message.splitlines()[0][:200] if r.message else r.status
             if r.status == "fail":
-                ET.SubElement(case, "failure", message=first_line).text = r.message
+                ET.SubElement(case, "failure", message=first_line).text = r.message + cause
                 counts["failures"] += 1
             elif r.status == "error":
                 ET.SubElement(case, "error", message=first_line).text = r.message

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from attnsuite.conformance.cases import Case, catalog, find_case
 from attnsuite.conformance.checks import CheckResult, Options, Subject, judge_case, reference
+from attnsuite.conformance.diagnosis import diagnosis_events
 from attnsuite.conformance.weights import load_weights
 from attnsuite.conformance.xfails import Xfails
 from attnsuite.impls.backends import load_backend
@@ -55,6 +56,7 @@ class ImplResult:
     reason: str | None = None               # why "error" or "untested": the load failure, a dead worker
     results: list[CheckResult] = dataclasses.field(default_factory=list)
     seconds: float = 0.0                    # spent judging its cases (imports not counted)
+    diagnosis: list[dict] | None = None     # conformance.diagnosis: None when not diagnosed
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -157,7 +159,8 @@ def load_subject(name: str, device: str = "cpu") -> Subject:
 def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Options,
                      weights=None) -> Iterator[tuple]:
     """Events: ("loaded", i, error_or_None), ("result", i, CheckResult),
-    ("case_done", i, {"case": id, "seconds": time spent judging it}).
+    ("case_done", i, {"case": id, "seconds": time spent judging it}), and after every
+    case, for each implementation with a failing check, ("diagnosis", i, [hypotheses]).
 
     Case-major: each case's oracle results are computed once for all implementations.
     ``weights``: (spec, arrays) from ``--weights``, used by the cases on that spec.
@@ -170,6 +173,7 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
         except Exception as exc:
             subjects.append(None)
             yield ("loaded", i, str(exc).strip() or type(exc).__name__)
+    judged = [[] for _ in subjects]
     for case in cases:
         if not any(subjects):
             return
@@ -185,9 +189,12 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
                 results = [CheckResult(case.id, "suite", "error", f"{subject.name} :: {case.id}: "
                                        f"the suite failed:\n{traceback.format_exc()}", case.tags)]
             seconds = time.perf_counter() - start
+            judged[i] += results
             for result in results:
                 yield ("result", i, result)
             yield ("case_done", i, {"case": case.id, "seconds": seconds})
+    if options.diagnose:
+        yield from diagnosis_events(subjects, cases, judged, options, weights)
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,7 +397,7 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
           device: str = "cpu", weights=None, xfails=None, strict_fully_masked: bool = False,
           case_filter: str | Sequence[str] | Callable[[Case], bool] | None = None,
           isolate: bool = False, progress: bool = False, seed: int = 0,
-          jobs: int | None = None) -> RunResult:
+          jobs: int | None = None, diagnose: bool = True) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights``: a ``--weights`` file path (see conformance.weights). ``xfails``: a path,
@@ -402,7 +409,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     weights_spec, weights_arrays = load_weights(weights) if weights is not None else (None, None)
     cases = select_cases(profile, dtypes, case_filter, seed, weights_spec)
     xfail_list = Xfails.coerce(xfails)
-    options = Options(device, strict_fully_masked, None if weights is None else str(weights), seed)
+    options = Options(device, strict_fully_masked, None if weights is None else str(weights), seed,
+                      diagnose)
     env = environment(profile=profile, dtypes=dtypes, device=device, seed=seed,
                       strict_fully_masked=strict_fully_masked, weights_path=weights,
                       weights_spec=weights_spec, cases=cases)
@@ -432,6 +440,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
                     bar.advance(f"{names[index]}: {payload}", len(cases))
             elif event == "result":
                 results[index].results.append(xfail_list.apply(names[index], payload))
+            elif event == "diagnosis":
+                results[index].diagnosis = payload
             elif event == "case_done":
                 finished_cases[index] += 1
                 results[index].seconds += payload["seconds"]

@@ -1,0 +1,309 @@
+"""Diagnosis: for a failing implementation, which known mistake explains its results.
+
+Runs in the process that judged the implementation (the worker), after its cases, and
+only for an implementation with failing checks: each failing case (up to ``MAX_CASES``,
+within ``BUDGET_SECONDS``) is run again on the same inputs, and every hypothesis of
+``conformance/hypotheses.py`` is held to the result by the gate's own tolerance rule.
+What goes back to the parent is a small JSON list, best first:
+
+    {"id", "explanation", "match", "checks", "cases_explained", "cases_failing",
+     "max_err", "worst_ratio", "note"}
+
+``match`` is "exact" (within the gate's bound of the mistaken computation),
+"magnitude" (the error has the size of a lower precision's rounding) or "evidence"
+(read from the checks). An empty list means no hypothesis explains any failing case:
+the verdict then says so, and never names a guess.
+
+What a case's failure is, decides what is matched: a failing output is matched by the
+"output" and "precision" hypotheses; failing gradients under a passing output by the
+"gradient" ones (and the verdict names the gradients that disagree); "evidence"
+hypotheses read the checks. Cases that raised are not diagnosed: their message says why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from attnsuite.conformance import tolerance
+from attnsuite.conformance.cases import NUMERIC
+from attnsuite.conformance.checks import reference
+from attnsuite.conformance.hypotheses import HYPOTHESES, Hypothesis
+
+BUDGET_SECONDS = 60.0    # per implementation
+MAX_CASES = 6            # failing cases examined per implementation
+SHOWN = 3                # hypotheses shown after the top one's line
+# A precision hypothesis explains an error between 1/MAGNITUDE_BELOW and MAGNITUDE_ABOVE
+# times the error of the whole computation rounded to that precision.
+MAGNITUDE_BELOW, MAGNITUDE_ABOVE = 30.0, 3.0
+_KIND_RANK = {"output": 0, "gradient": 0, "evidence": 1, "precision": 2}
+NONE_EXPLAINS = "no hypothesis explains this"
+FAILED = "diagnosis_failed"     # the id of the one entry a diagnosis that raised sends back
+
+
+# ---------------------------------------------------------------------------------------
+# Choosing the cases and running the implementation on them again.
+
+def _signal(results) -> str | None:
+    """What failed in one case: "output", "gradient", "stateless" (whose calls are plain
+    forward calls), "behaviour", or None (only errors)."""
+    failing = {r.check for r in results if r.status == "fail"}
+    if "output" in failing:
+        return "output"
+    if any(c.startswith("grad.") for c in failing):
+        return "gradient"
+    if "stateless" in failing:
+        return "stateless"
+    return "behaviour" if failing else None
+
+
+def _examined(cases, by_case: dict) -> list:
+    """The failing cases to examine: float64 and float32 first (the exact rules), small first."""
+    failing = [c for c in cases if _signal(by_case.get(c.id, [])) is not None]
+    order = {"float64": 0, "float32": 1}
+    failing.sort(key=lambda c: (order.get(c.dtype, 2), c.B * c.L_q * c.L_k * c.spec.E))
+    return failing[:MAX_CASES]
+
+
+def _rerun(subject, case, ref, signal: str, device: str):
+    """The implementation's (out, grads or None) on the case's inputs, from a fresh fn."""
+    d = ref.data
+    fn = subject.factory(case.spec)
+    args = (fn, d.weights, d.query, d.key, d.value)
+    kwargs = dict(mask=d.mask, bias=d.bias, dtype=case.dtype, device=device,
+                  self_attention=case.self_attention)
+    if signal == "gradient":
+        out, grads = subject.backend.forward_and_vjp(*args, ref.d_out, **kwargs)
+        return np.asarray(out, dtype=np.float64), grads
+    return np.asarray(subject.backend.forward(*args, **kwargs), dtype=np.float64), None
+
+
+# ---------------------------------------------------------------------------------------
+# Holding a result to one hypothesis.
+
+def _baseline(ref, predicted, name=None):
+    """For float16/bfloat16: the prediction shifted by the oracle's own rounding error,
+    so that the gate's baseline rule measures the same budget around it."""
+    if ref.base_out is None:
+        return None
+    if name is None:
+        return predicted + (ref.base_out - ref.out)
+    return predicted + (ref.base_grads[name] - ref.grads[name])
+
+
+def _same_nonfinite(a, b):
+    return (np.isnan(a) & np.isnan(b)) | (np.isinf(a) & (a == b))
+
+
+def _exact(actual, predicted, ref, rows, **rule) -> tolerance.Comparison:
+    if actual.shape != predicted.shape:
+        return tolerance.compare(actual, predicted, ref.data.case.dtype, **rule)
+    valid = ~_same_nonfinite(actual, predicted)
+    if rows is not None:
+        valid &= np.broadcast_to(rows[..., None], actual.shape) if rows.ndim == 2 else rows
+    return tolerance.compare(actual, predicted, ref.data.case.dtype, valid=valid, **rule)
+
+
+def _gate_rows(ref, strict: bool):
+    return None if strict else ~ref.data.fully_masked
+
+
+def _and_rows(a, b):
+    return b if a is None else (a if b is None else a & b)
+
+
+def _match_output(h: Hypothesis, ref, actual, strict: bool):
+    """(explained, ratio, max_err, note) or None when the mistake cannot show here."""
+    prediction = h.predict(ref, actual)
+    if prediction is None or actual.shape != prediction.out.shape:
+        return None
+    rows = _and_rows(_gate_rows(ref, strict), prediction.rows)
+    if h.kind == "precision":
+        return _magnitude(actual, prediction.out, ref, rows)
+    shows = _exact(prediction.out, ref.out, ref, rows, baseline=_baseline(ref, ref.out))
+    if shows.ok:    # the mistake changes nothing the gate can see in this case
+        return None
+    c = _exact(actual, prediction.out, ref, rows, baseline=_baseline(ref, prediction.out))
+    err = c.abs_err if c.abs_err is not None else math.inf
+    return c.ok, c.ratio, err, prediction.note
+
+
+def _magnitude(actual, rounded, ref, rows):
+    """Its ratio is how many times the error is off that rounding's, either way (>= 1)."""
+    valid = np.ones(actual.shape, bool) if rows is None else np.broadcast_to(rows[..., None], actual.shape)
+    if not np.isfinite(actual[valid]).all():
+        return None
+    err = float(np.max(np.abs(actual - ref.out), where=valid, initial=0.0))
+    expected_err = float(np.max(np.abs(rounded - ref.out), where=valid, initial=0.0))
+    if expected_err == 0 or err == 0:
+        return None
+    explained = expected_err / MAGNITUDE_BELOW <= err <= MAGNITUDE_ABOVE * expected_err
+    return (explained, max(err / expected_err, expected_err / err), err,
+            f"error {err:.2g}, that rounding's {expected_err:.2g}")
+
+
+def _match_grads(h: Hypothesis, ref, actual_grads):
+    prediction = h.predict(ref, None)
+    if prediction is None:
+        return None
+    scale = max(float(np.abs(g).max(initial=0.0)) for g in prediction.grads.values())
+    worst, err, differs = 0.0, 0.0, False
+    for name, predicted in prediction.grads.items():
+        if name not in actual_grads:
+            return False, math.inf, math.inf, ""
+        actual = np.asarray(actual_grads[name], dtype=np.float64)
+        differs |= not _exact(predicted, ref.grads[name], ref, None, gradient=True,
+                              scale_floor=scale, absolute=name == "bk",
+                              baseline=_baseline(ref, ref.grads[name], name)).ok
+        c = _exact(actual, predicted, ref, None, gradient=True, scale_floor=scale,
+                   absolute=name == "bk", baseline=_baseline(ref, predicted, name))
+        worst = max(worst, c.ratio)
+        err = max(err, c.abs_err if c.abs_err is not None else (0.0 if c.ok else math.inf))
+    if not differs:
+        return None
+    return worst <= 1.0, worst, err, ""
+
+
+# ---------------------------------------------------------------------------------------
+# The diagnosis of one implementation.
+
+class _Tally:
+    def __init__(self, h: Hypothesis, index: int):
+        self.h, self.index = h, index
+        self.explained, self.ratio, self.max_err, self.checks, self.note = 0, 0.0, 0.0, set(), ""
+
+    def add(self, explained, ratio, err, note, checks):
+        if not explained:
+            return
+        self.explained += 1
+        self.ratio, self.max_err = max(self.ratio, ratio), max(self.max_err, err)
+        self.checks |= set(checks)
+        self.note = note or self.note
+
+    def key(self):
+        return (-self.explained, _KIND_RANK[self.h.kind], self.ratio, self.index)
+
+    def to_dict(self, examined: int) -> dict:
+        match = {"precision": "magnitude", "evidence": "evidence"}.get(self.h.kind, "exact")
+        return {"id": self.h.id, "explanation": self.h.explanation, "match": match,
+                "checks": sorted(self.checks), "cases_explained": self.explained,
+                "cases_failing": examined, "max_err": _finite(self.max_err),
+                "worst_ratio": _finite(self.ratio), "note": self.note}
+
+
+def _finite(x: float):
+    return float(f"{x:.3g}") if math.isfinite(x) else None
+
+
+def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = False,
+             weights=None, budget: float = BUDGET_SECONDS) -> list[dict]:
+    """The hypotheses that explain ``results`` (one implementation's CheckResults on
+    ``cases``), best first; [] when none does. ``weights``: (spec, arrays) from --weights."""
+    by_case: dict[str, list] = {}
+    for r in results:
+        by_case.setdefault(r.case_id, []).append(r)
+    tallies = [_Tally(h, i) for i, h in enumerate(HYPOTHESES)]
+    start, examined = time.monotonic(), 0
+    for case in _examined(cases, by_case):
+        if time.monotonic() - start > budget:
+            break
+        examined += 1
+        case_results = by_case[case.id]
+        failing = [r.check for r in case_results if r.status == "fail"]
+        signal = _signal(case_results)
+        out = grads = fresh_call_matches = None
+        if signal != "behaviour":
+            case_weights = weights[1] if weights is not None and case.spec == weights[0] else None
+            # A behaviour case's inputs are its numeric twin's (materialize ignores the checks).
+            ref = reference(case.replace(checks=NUMERIC), case_weights, strict)
+            try:
+                out, grads = _rerun(subject, case, ref, signal, device)
+            except Exception:   # Unsupported too: nothing to match
+                signal = None
+        if signal == "stateless":
+            fresh_call_matches = _exact(out, ref.out, ref, _gate_rows(ref, strict),
+                                        baseline=_baseline(ref, ref.out)).ok
+            signal = None if fresh_call_matches else "output"
+        for t in tallies:
+            if t.h.kind == "evidence":
+                t.add(t.h.predict(case_results, fresh_call_matches), 1.0, 0.0, "", failing)
+        # The checks a match speaks for: the output (or the stateless calls), or the gradients.
+        matched = [c for c in failing if c.startswith("grad.")] if signal == "gradient" else \
+            [c for c in failing if c in ("output", "stateless")]
+        for t in tallies:
+            with np.errstate(all="ignore"):     # a mistake may overflow: that is its signature
+                if signal == "output" and t.h.kind in ("output", "precision"):
+                    found = _match_output(t.h, ref, out, strict)
+                elif signal == "gradient" and t.h.kind == "gradient":
+                    found = _match_grads(t.h, ref, grads)
+                else:
+                    continue
+            if found is not None:
+                t.add(*found, matched)
+    ranked = sorted((t for t in tallies if t.explained), key=_Tally.key)
+    return [t.to_dict(examined) for t in ranked]
+
+
+# ---------------------------------------------------------------------------------------
+# The verdict in words, for the terminal, the reports and JUnit.
+
+def _evidence(d: dict) -> str:
+    cases = f"{d['cases_explained']} of {d['cases_failing']} failing cases"
+    checks = [c for c in d["checks"] if c.startswith("grad.")]
+    if d["match"] == "magnitude":
+        return f"the output's error has the size of that rounding on {cases} ({d['note']})"
+    if d["match"] == "evidence":
+        return f"the checks show it on {cases} ({', '.join(d['checks'])})"
+    near = f"max |err| {d['max_err']:.2g}" if d["max_err"] is not None else "non-finite"
+    note = f"; {d['note']}" if d["note"] else ""
+    if "output" in d["checks"] or not checks:
+        return f"the output matches the oracle with that mistake on {cases} ({near}{note})"
+    return (f"the gradients match the oracle with that mistake on {cases} ({near}{note}); "
+            f"the output passes, {', '.join(checks)} disagree")
+
+
+def likely_cause(diagnosis: list[dict] | None, failing_cases: int | None = None) -> list[str]:
+    """Lines for a failing implementation: 'Likely cause: ...' (none when not diagnosed)."""
+    if diagnosis is None:
+        return []
+    if not diagnosis:
+        return [f"Likely cause: {NONE_EXPLAINS}."]
+    top = diagnosis[0]
+    if top["id"] == FAILED:
+        return [f"Likely cause: not diagnosed ({top['explanation']})."]
+    partial = "" if top["cases_explained"] == top["cases_failing"] else " (partial)"
+    examined = ""
+    if failing_cases is not None and failing_cases > top["cases_failing"]:
+        examined = f" [{top['cases_failing']} of {failing_cases} failing cases examined]"
+    lines = [f"Likely cause{partial}: {top['id']}: {top['explanation']}; {_evidence(top)}{examined}"]
+    others = [f"{d['id']} ({d['cases_explained']}/{d['cases_failing']})" for d in diagnosis[1:SHOWN + 1]]
+    if others:
+        lines.append("  also fits: " + ", ".join(others))
+    return lines
+
+
+def diagnosis_events(subjects, cases, judged, options, weights=None):
+    """("diagnosis", i, [hypotheses]) for each loaded implementation with a failing or
+    erroring check; nothing for the others (a passing run does no diagnosis work)."""
+    for i, subject in enumerate(subjects):
+        if subject is None or not any(r.status in ("fail", "error") for r in judged[i]):
+            continue
+        try:
+            found = diagnose(subject, cases, judged[i], device=options.device,
+                             strict=options.strict_fully_masked, weights=weights)
+        except Exception as exc:  # a bug of the diagnosis must not cost the verdict
+            found = [{"id": FAILED, "explanation": f"the diagnosis itself failed: "
+                      f"{type(exc).__name__}: {exc}", "match": "none", "checks": [],
+                      "cases_explained": 0, "cases_failing": 0, "max_err": None,
+                      "worst_ratio": None, "note": ""}]
+        yield ("diagnosis", i, found)
+
+
+def cause_lines(impl) -> list[str]:
+    """``likely_cause`` for an ImplResult: only where its verdict is "fail"."""
+    if impl.verdict != "fail":
+        return []
+    failing_cases = len({r.case_id for r in impl.results if r.status == "fail"})
+    return likely_cause(impl.diagnosis, failing_cases)
