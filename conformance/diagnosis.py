@@ -1,13 +1,14 @@
 """Diagnosis: for a failing implementation, which known mistake explains its results.
 
 Runs in the process that judged the implementation (the worker), after its cases, and
-only for an implementation with failing checks: each failing case (up to ``MAX_CASES``,
-within ``BUDGET_SECONDS``) is run again on the same inputs, and every hypothesis of
-``conformance/hypotheses.py`` is held to the result by the gate's own tolerance rule.
+only for an implementation with failing checks: on each failing case (up to ``MAX_CASES``,
+within ``BUDGET_SECONDS``), every hypothesis of ``conformance/hypotheses.py`` is held to
+the outputs the implementation gave when judged (kept by the worker; a stateless case is
+run again) by the gate's own tolerance rule.
 What goes back to the parent is a small JSON list, best first:
 
     {"id", "explanation", "match", "checks", "cases_explained", "cases_failing",
-     "max_err", "worst_ratio", "note"}
+     "max_err", "worst_ratio", "note", "cases"}
 
 ``match`` is "exact" (within the gate's bound of the mistaken computation),
 "magnitude" (the error has the size of a lower precision's rounding) or "evidence"
@@ -31,9 +32,10 @@ from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC
 from attnsuite.conformance.checks import reference
 from attnsuite.conformance.hypotheses import HYPOTHESES, Hypothesis
+from attnsuite.impls import oracle
 
 BUDGET_SECONDS = 60.0    # per implementation
-MAX_CASES = 6            # failing cases examined per implementation
+MAX_CASES = 8            # failing cases examined per implementation
 SHOWN = 3                # hypotheses shown after the top one's line
 # A precision hypothesis explains an error between 1/MAGNITUDE_BELOW and MAGNITUDE_ABOVE
 # times the error of the whole computation rounded to that precision.
@@ -60,11 +62,19 @@ def _signal(results) -> str | None:
 
 
 def _examined(cases, by_case: dict) -> list:
-    """The failing cases to examine: float64 and float32 first (the exact rules), small first."""
+    """The failing cases to examine: each next one the case that adds the most features
+    (tags) not yet examined, so that failures of different causes are all looked at; on a
+    tie float64 and float32 first (the exact rules), then the smallest."""
     failing = [c for c in cases if _signal(by_case.get(c.id, [])) is not None]
     order = {"float64": 0, "float32": 1}
     failing.sort(key=lambda c: (order.get(c.dtype, 2), c.B * c.L_q * c.L_k * c.spec.E))
-    return failing[:MAX_CASES]
+    chosen, seen = [], set()
+    while failing and len(chosen) < MAX_CASES:
+        best = max(failing, key=lambda c: len(set(c.tags) - seen))   # the first of the best
+        failing.remove(best)
+        chosen.append(best)
+        seen |= set(best.tags)
+    return chosen
 
 
 def _rerun(subject, case, ref, signal: str, device: str):
@@ -114,8 +124,12 @@ def _and_rows(a, b):
     return b if a is None else (a if b is None else a & b)
 
 
-def _match_output(h: Hypothesis, ref, actual, strict: bool):
-    """(explained, ratio, max_err, note) or None when the mistake cannot show here."""
+def _match_output(h: Hypothesis, ref, actual, strict: bool, float32_err: float | None):
+    """(explained, ratio, max_err, note) or None when the mistake cannot show here.
+
+    ``float32_err``, in a float64 case: how far float32 rounding moves the oracle. A
+    layer that makes the mistake *and* computes in float32 matches the mistake up to that
+    much, where the mistake itself moves the output far more."""
     prediction = h.predict(ref, actual)
     if prediction is None or actual.shape != prediction.out.shape:
         return None
@@ -127,7 +141,15 @@ def _match_output(h: Hypothesis, ref, actual, strict: bool):
         return None
     c = _exact(actual, prediction.out, ref, rows, baseline=_baseline(ref, prediction.out))
     err = c.abs_err if c.abs_err is not None else math.inf
-    return c.ok, c.ratio, err, prediction.note
+    if c.ok or not float32_err:
+        return c.ok, c.ratio, err, prediction.note
+    valid = np.ones(actual.shape, bool) if rows is None else np.broadcast_to(rows[..., None], actual.shape)
+    shown = float(np.max(np.abs(prediction.out - ref.out), where=valid, initial=0.0))
+    off = float(np.max(np.abs(actual - prediction.out), where=valid, initial=0.0))
+    if shown > MAGNITUDE_BELOW * float32_err and off <= MAGNITUDE_ABOVE * float32_err:
+        note = "; ".join(filter(None, [prediction.note, "float64 only up to float32 rounding"]))
+        return True, 1.0 + off / (MAGNITUDE_ABOVE * float32_err), off, note
+    return False, c.ratio, err, prediction.note
 
 
 def _magnitude(actual, rounded, ref, rows):
@@ -140,8 +162,7 @@ def _magnitude(actual, rounded, ref, rows):
     if expected_err == 0 or err == 0:
         return None
     explained = expected_err / MAGNITUDE_BELOW <= err <= MAGNITUDE_ABOVE * expected_err
-    return (explained, max(err / expected_err, expected_err / err), err,
-            f"error {err:.2g}, that rounding's {expected_err:.2g}")
+    return explained, max(err / expected_err, expected_err / err), err, ""
 
 
 def _match_grads(h: Hypothesis, ref, actual_grads):
@@ -166,21 +187,35 @@ def _match_grads(h: Hypothesis, ref, actual_grads):
     return worst <= 1.0, worst, err, ""
 
 
+def _float32_err(ref, strict: bool) -> float:
+    d = ref.data
+    rounded = oracle.forward(d.case.spec, d.weights, d.query, d.key, d.value, d.mask, d.bias,
+                             precision="float32")
+    rows = _gate_rows(ref, strict)
+    valid = np.ones(rounded.shape, bool) if rows is None else np.broadcast_to(rows[..., None], rounded.shape)
+    return float(np.max(np.abs(rounded - ref.out), where=valid, initial=0.0))
+
+
 # ---------------------------------------------------------------------------------------
 # The diagnosis of one implementation.
 
 class _Tally:
     def __init__(self, h: Hypothesis, index: int):
         self.h, self.index = h, index
-        self.explained, self.ratio, self.max_err, self.checks, self.note = 0, 0.0, 0.0, set(), ""
+        self.cases, self.ratio, self.max_err, self.checks, self.notes = [], 0.0, 0.0, set(), []
 
-    def add(self, explained, ratio, err, note, checks):
+    @property
+    def explained(self) -> int:
+        return len(self.cases)
+
+    def add(self, case_id, explained, ratio, err, note, checks):
         if not explained:
             return
-        self.explained += 1
+        self.cases.append(case_id)
         self.ratio, self.max_err = max(self.ratio, ratio), max(self.max_err, err)
         self.checks |= set(checks)
-        self.note = note or self.note
+        if note and note not in self.notes:
+            self.notes.append(note)
 
     def key(self):
         return (-self.explained, _KIND_RANK[self.h.kind], self.ratio, self.index)
@@ -190,7 +225,8 @@ class _Tally:
         return {"id": self.h.id, "explanation": self.h.explanation, "match": match,
                 "checks": sorted(self.checks), "cases_explained": self.explained,
                 "cases_failing": examined, "max_err": _finite(self.max_err),
-                "worst_ratio": _finite(self.ratio), "note": self.note}
+                "worst_ratio": _finite(self.ratio), "note": "; ".join(self.notes[:2]),
+                "cases": self.cases}
 
 
 def _finite(x: float):
@@ -198,9 +234,12 @@ def _finite(x: float):
 
 
 def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = False,
-             weights=None, budget: float = BUDGET_SECONDS) -> list[dict]:
+             weights=None, outputs=None, budget: float = BUDGET_SECONDS) -> list[dict]:
     """The hypotheses that explain ``results`` (one implementation's CheckResults on
-    ``cases``), best first; [] when none does. ``weights``: (spec, arrays) from --weights."""
+    ``cases``), best first; [] when none does. ``weights``: (spec, arrays) from --weights.
+    ``outputs``: case id -> (out, grads or None) kept when judged; a case without them
+    (a stateless case) is run again."""
+    outputs = outputs or {}
     by_case: dict[str, list] = {}
     for r in results:
         by_case.setdefault(r.case_id, []).append(r)
@@ -219,8 +258,12 @@ def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = Fal
             # A behaviour case's inputs are its numeric twin's (materialize ignores the checks).
             ref = reference(case.replace(checks=NUMERIC), case_weights, strict)
             try:
-                out, grads = _rerun(subject, case, ref, signal, device)
+                out, grads = outputs[case.id] if case.id in outputs else \
+                    _rerun(subject, case, ref, signal, device)
+                out = np.asarray(out, dtype=np.float64)
             except Exception:   # Unsupported too: nothing to match
+                signal = None
+            if signal == "gradient" and grads is None:
                 signal = None
         if signal == "stateless":
             fresh_call_matches = _exact(out, ref.out, ref, _gate_rows(ref, strict),
@@ -228,20 +271,22 @@ def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = Fal
             signal = None if fresh_call_matches else "output"
         for t in tallies:
             if t.h.kind == "evidence":
-                t.add(t.h.predict(case_results, fresh_call_matches), 1.0, 0.0, "", failing)
+                t.add(case.id, t.h.predict(case_results, fresh_call_matches), 1.0, 0.0, "", failing)
+        float32_err = _float32_err(ref, strict) if signal == "output" and case.dtype == "float64" \
+            else None
         # The checks a match speaks for: the output (or the stateless calls), or the gradients.
         matched = [c for c in failing if c.startswith("grad.")] if signal == "gradient" else \
             [c for c in failing if c in ("output", "stateless")]
         for t in tallies:
             with np.errstate(all="ignore"):     # a mistake may overflow: that is its signature
                 if signal == "output" and t.h.kind in ("output", "precision"):
-                    found = _match_output(t.h, ref, out, strict)
+                    found = _match_output(t.h, ref, out, strict, float32_err)
                 elif signal == "gradient" and t.h.kind == "gradient":
                     found = _match_grads(t.h, ref, grads)
                 else:
                     continue
             if found is not None:
-                t.add(*found, matched)
+                t.add(case.id, *found, matched)
     ranked = sorted((t for t in tallies if t.explained), key=_Tally.key)
     return [t.to_dict(examined) for t in ranked]
 
@@ -253,7 +298,8 @@ def _evidence(d: dict) -> str:
     cases = f"{d['cases_explained']} of {d['cases_failing']} failing cases"
     checks = [c for c in d["checks"] if c.startswith("grad.")]
     if d["match"] == "magnitude":
-        return f"the output's error has the size of that rounding on {cases} ({d['note']})"
+        return (f"the output's error (max {d['max_err']:.2g}) has the size of that rounding on "
+                f"{cases} (within a factor {d['worst_ratio']:.2g} of it)")
     if d["match"] == "evidence":
         return f"the checks show it on {cases} ({', '.join(d['checks'])})"
     near = f"max |err| {d['max_err']:.2g}" if d["max_err"] is not None else "non-finite"
@@ -278,21 +324,29 @@ def likely_cause(diagnosis: list[dict] | None, failing_cases: int | None = None)
     if failing_cases is not None and failing_cases > top["cases_failing"]:
         examined = f" [{top['cases_failing']} of {failing_cases} failing cases examined]"
     lines = [f"Likely cause{partial}: {top['id']}: {top['explanation']}; {_evidence(top)}{examined}"]
-    others = [f"{d['id']} ({d['cases_explained']}/{d['cases_failing']})" for d in diagnosis[1:SHOWN + 1]]
+    covered, others = set(top.get("cases", ())), []
+    for d in diagnosis[1:]:
+        if set(d.get("cases", ())) - covered:     # a second cause, on cases the first leaves
+            covered |= set(d["cases"])
+            lines.append(f"  and on other cases: {d['id']}: {d['explanation']}; {_evidence(d)}")
+        elif len(others) < SHOWN:
+            others.append(f"{d['id']} ({d['cases_explained']}/{d['cases_failing']})")
     if others:
         lines.append("  also fits: " + ", ".join(others))
     return lines
 
 
-def diagnosis_events(subjects, cases, judged, options, weights=None):
+def diagnosis_events(subjects, cases, judged, outputs, options, weights=None):
     """("diagnosis", i, [hypotheses]) for each loaded implementation with a failing or
-    erroring check; nothing for the others (a passing run does no diagnosis work)."""
+    erroring check; nothing for the others (a passing run does no diagnosis work).
+    ``outputs[i]``: case id -> (out, grads or None) the implementation gave when judged."""
     for i, subject in enumerate(subjects):
         if subject is None or not any(r.status in ("fail", "error") for r in judged[i]):
             continue
         try:
             found = diagnose(subject, cases, judged[i], device=options.device,
-                             strict=options.strict_fully_masked, weights=weights)
+                             strict=options.strict_fully_masked, weights=weights,
+                             outputs=outputs[i])
         except Exception as exc:  # a bug of the diagnosis must not cost the verdict
             found = [{"id": FAILED, "explanation": f"the diagnosis itself failed: "
                       f"{type(exc).__name__}: {exc}", "match": "none", "checks": [],

@@ -174,6 +174,7 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
             subjects.append(None)
             yield ("loaded", i, str(exc).strip() or type(exc).__name__)
     judged = [[] for _ in subjects]
+    outputs = [{} for _ in subjects]    # the outputs of failing cases, for the diagnosis
     for case in cases:
         if not any(subjects):
             return
@@ -184,17 +185,20 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
                 continue
             start = time.perf_counter()
             try:
-                results = judge_case(subject, case, ref, options)
+                results = judge_case(subject, case, ref, options,
+                                     outputs[i] if options.diagnose else None)
             except Exception:  # a bug of the suite's own: report it, judge the others
                 results = [CheckResult(case.id, "suite", "error", f"{subject.name} :: {case.id}: "
                                        f"the suite failed:\n{traceback.format_exc()}", case.tags)]
             seconds = time.perf_counter() - start
             judged[i] += results
+            if not any(r.status in FAILING for r in results):
+                outputs[i].pop(case.id, None)
             for result in results:
                 yield ("result", i, result)
             yield ("case_done", i, {"case": case.id, "seconds": seconds})
     if options.diagnose:
-        yield from diagnosis_events(subjects, cases, judged, options, weights)
+        yield from diagnosis_events(subjects, cases, judged, outputs, options, weights)
 
 
 # ---------------------------------------------------------------------------------------
