@@ -23,6 +23,7 @@ hypotheses read the checks. Cases that raised are not diagnosed: their message s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -233,13 +234,65 @@ def _finite(x: float):
     return float(f"{x:.3g}") if math.isfinite(x) else None
 
 
+@dataclasses.dataclass
+class _Observed:
+    """One failing case as the diagnosis sees it."""
+    signal: str | None                # what failed: see _signal (None: nothing to match)
+    ref: object = None                # the oracle's Reference on the case's inputs
+    out: np.ndarray | None = None
+    grads: dict | None = None
+    fresh_call_matches: bool | None = None   # a stateless case: a fresh fn's first call is right
+
+
+def _observe(subject, case, case_results, kept: dict, *, device, strict, weights) -> _Observed:
+    signal = _signal(case_results)
+    if signal == "behaviour":
+        return _Observed(signal)
+    case_weights = weights[1] if weights is not None and case.spec == weights[0] else None
+    # A behaviour case's inputs are its numeric twin's (materialize ignores the checks).
+    ref = reference(case.replace(checks=NUMERIC), case_weights, strict)
+    try:
+        out, grads = kept[case.id] if case.id in kept else _rerun(subject, case, ref, signal, device)
+    except Exception:   # Unsupported too: nothing to match
+        return _Observed(None, ref)
+    seen = _Observed(signal, ref, np.asarray(out, dtype=np.float64), grads)
+    if signal == "gradient" and grads is None:
+        seen.signal = None
+    if signal == "stateless":
+        seen.fresh_call_matches = _exact(seen.out, ref.out, ref, _gate_rows(ref, strict),
+                                         baseline=_baseline(ref, ref.out)).ok
+        seen.signal = None if seen.fresh_call_matches else "output"
+    return seen
+
+
+def _weigh(tallies, case, case_results, seen: _Observed, strict: bool) -> None:
+    """Hold every hypothesis to one observed case, adding what each explains to its tally."""
+    failing = [r.check for r in case_results if r.status == "fail"]
+    for t in tallies:
+        if t.h.kind == "evidence":
+            t.add(case.id, t.h.predict(case_results, seen.fresh_call_matches), 1.0, 0.0, "", failing)
+    if seen.signal not in ("output", "gradient"):
+        return
+    float32_err = _float32_err(seen.ref, strict) if seen.signal == "output" and \
+        case.dtype == "float64" else None
+    # The checks a match speaks for: the output (or the stateless calls), or the gradients.
+    matched = [c for c in failing if c.startswith("grad.")] if seen.signal == "gradient" else \
+        [c for c in failing if c in ("output", "stateless")]
+    kinds = ("output", "precision") if seen.signal == "output" else ("gradient",)
+    for t in (t for t in tallies if t.h.kind in kinds):
+        with np.errstate(all="ignore"):     # a mistake may overflow: that is its signature
+            found = _match_output(t.h, seen.ref, seen.out, strict, float32_err) \
+                if seen.signal == "output" else _match_grads(t.h, seen.ref, seen.grads)
+        if found is not None:
+            t.add(case.id, *found, matched)
+
+
 def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = False,
              weights=None, outputs=None, budget: float = BUDGET_SECONDS) -> list[dict]:
     """The hypotheses that explain ``results`` (one implementation's CheckResults on
     ``cases``), best first; [] when none does. ``weights``: (spec, arrays) from --weights.
     ``outputs``: case id -> (out, grads or None) kept when judged; a case without them
     (a stateless case) is run again."""
-    outputs = outputs or {}
     by_case: dict[str, list] = {}
     for r in results:
         by_case.setdefault(r.case_id, []).append(r)
@@ -249,44 +302,9 @@ def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = Fal
         if time.monotonic() - start > budget:
             break
         examined += 1
-        case_results = by_case[case.id]
-        failing = [r.check for r in case_results if r.status == "fail"]
-        signal = _signal(case_results)
-        out = grads = fresh_call_matches = None
-        if signal != "behaviour":
-            case_weights = weights[1] if weights is not None and case.spec == weights[0] else None
-            # A behaviour case's inputs are its numeric twin's (materialize ignores the checks).
-            ref = reference(case.replace(checks=NUMERIC), case_weights, strict)
-            try:
-                out, grads = outputs[case.id] if case.id in outputs else \
-                    _rerun(subject, case, ref, signal, device)
-                out = np.asarray(out, dtype=np.float64)
-            except Exception:   # Unsupported too: nothing to match
-                signal = None
-            if signal == "gradient" and grads is None:
-                signal = None
-        if signal == "stateless":
-            fresh_call_matches = _exact(out, ref.out, ref, _gate_rows(ref, strict),
-                                        baseline=_baseline(ref, ref.out)).ok
-            signal = None if fresh_call_matches else "output"
-        for t in tallies:
-            if t.h.kind == "evidence":
-                t.add(case.id, t.h.predict(case_results, fresh_call_matches), 1.0, 0.0, "", failing)
-        float32_err = _float32_err(ref, strict) if signal == "output" and case.dtype == "float64" \
-            else None
-        # The checks a match speaks for: the output (or the stateless calls), or the gradients.
-        matched = [c for c in failing if c.startswith("grad.")] if signal == "gradient" else \
-            [c for c in failing if c in ("output", "stateless")]
-        for t in tallies:
-            with np.errstate(all="ignore"):     # a mistake may overflow: that is its signature
-                if signal == "output" and t.h.kind in ("output", "precision"):
-                    found = _match_output(t.h, ref, out, strict, float32_err)
-                elif signal == "gradient" and t.h.kind == "gradient":
-                    found = _match_grads(t.h, ref, grads)
-                else:
-                    continue
-            if found is not None:
-                t.add(case.id, *found, matched)
+        seen = _observe(subject, case, by_case[case.id], outputs or {}, device=device,
+                        strict=strict, weights=weights)
+        _weigh(tallies, case, by_case[case.id], seen, strict)
     ranked = sorted((t for t in tallies if t.explained), key=_Tally.key)
     return [t.to_dict(examined) for t in ranked]
 
