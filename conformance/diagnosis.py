@@ -288,18 +288,20 @@ def _weigh(tallies, case, case_results, seen: _Observed, strict: bool) -> None:
 
 
 def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = False,
-             weights=None, outputs=None, budget: float = BUDGET_SECONDS) -> list[dict]:
+             weights=None, outputs=None, budget: float | None = None) -> list[dict]:
     """The hypotheses that explain ``results`` (one implementation's CheckResults on
     ``cases``), best first; [] when none does. ``weights``: (spec, arrays) from --weights.
     ``outputs``: case id -> (out, grads or None) kept when judged; a case without them
-    (a stateless case) is run again."""
+    (a stateless case) is run again. ``budget``: seconds (BUDGET_SECONDS), checked between
+    cases; the first case is always examined."""
+    budget = BUDGET_SECONDS if budget is None else budget
     by_case: dict[str, list] = {}
     for r in results:
         by_case.setdefault(r.case_id, []).append(r)
     tallies = [_Tally(h, i) for i, h in enumerate(HYPOTHESES)]
     start, examined = time.monotonic(), 0
     for case in _examined(cases, by_case):
-        if time.monotonic() - start > budget:
+        if examined and time.monotonic() - start > budget:
             break
         examined += 1
         seen = _observe(subject, case, by_case[case.id], outputs or {}, device=device,

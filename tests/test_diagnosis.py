@@ -164,6 +164,20 @@ def test_the_budget_bounds_the_cases_examined(monkeypatch):
     assert f"[2 of {failing} failing cases examined]" in line, line
 
 
+def test_the_time_budget_stops_after_the_case_it_overruns(monkeypatch):
+    monkeypatch.setattr(diagnosis, "BUDGET_SECONDS", 0.0)
+    impl = check([P + "wrong_scale"], profile="quick").implementations[0]
+    assert [d["cases_failing"] for d in impl.diagnosis] == [1] * len(impl.diagnosis)
+    assert impl.diagnosis[0]["id"] == "scale_d_k"
+
+
+def test_a_layer_wrong_on_every_call_is_not_said_to_keep_state(judged):
+    """Its stateless check fails too, at the first call: no evidence of state."""
+    impl = judged["wrong_scale"]
+    assert [r.status for r in impl.results if r.check == "stateless"] == ["fail"]
+    assert "state_between_calls" not in [d["id"] for d in impl.diagnosis], impl.diagnosis
+
+
 def test_a_diagnosis_that_raises_costs_only_the_diagnosis(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
