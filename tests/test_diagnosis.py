@@ -208,6 +208,15 @@ def test_the_verdict_reaches_json_markdown_html_and_junit(tmp_path):
     assert failures and all(line in text for text in failures)
 
 
+def test_failures_all_expected_carry_no_diagnosis():
+    run = check([P + "wrong_scale"], profile="quick", dtypes=F32,
+                xfails=[f"{P}wrong_scale::*  # known"])
+    impl = run.implementations[0]
+    assert impl.verdict == "pass"
+    assert report.to_json(run)["implementations"][0]["diagnosis"] is None
+    assert diagnosis.cause_lines(impl) == [] and "Likely cause" not in report.to_markdown(run)
+
+
 def test_the_terminal_summary_prints_the_likely_cause(capsys):
     from attnsuite.conformance.cli import main
     assert main([P + "gqa_tiled", "--dtype", "float32", "-q"]) == 1
