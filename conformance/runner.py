@@ -406,7 +406,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
 
     ``weights``: a ``--weights`` file path (see conformance.weights). ``xfails``: a path,
     lines, or an ``Xfails``. Usage errors (unknown profile, dtype, case, unreadable
-    weights or xfails file) raise ValueError before anything runs.
+    weights or xfails file) raise ValueError before anything runs. ``diagnose``: name the
+    likely bug of each failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py).
     """
     names = list(impls)
     dtypes = list(dtypes) if dtypes else None
