@@ -80,6 +80,7 @@ class Options:
     strict_fully_masked: bool = False
     weights_path: str | None = None
     seed: int = 0
+    diagnose: bool = True           # name the likely bug of a failing implementation
 
     def reproduce(self, impl: str, case: Case) -> str:
         extra = [f"--device {self.device}"] if self.device != "cpu" else []
@@ -173,7 +174,10 @@ def _run_args(case: Case, options: Options) -> dict:
     return {"dtype": case.dtype, "device": options.device, "form": case.form}
 
 
-def judge_case(subject: Subject, case: Case, ref: Reference, options: Options) -> list[CheckResult]:
+def judge_case(subject: Subject, case: Case, ref: Reference, options: Options,
+               outputs: dict | None = None) -> list[CheckResult]:
+    """``outputs``: where given, a numeric case's (out, grads or None) is kept there under
+    the case id (the diagnosis reads a failing implementation's outputs from it)."""
     judge = _Judge(subject, case, options)
     checks = expected_checks(case, ref)
     try:
@@ -193,11 +197,11 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options) -
         except Exception as exc:
             judge.add(case.checks[0], "error", f"raised {_raised(exc)}")
         return judge.results
-    _numeric(judge, fn, ref, checks)
+    _numeric(judge, fn, ref, checks, outputs)
     return judge.results
 
 
-def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str]) -> None:
+def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str], outputs=None) -> None:
     case, data, backend = judge.case, ref.data, judge.subject.backend
     args = (fn, data.weights, data.query, data.key, data.value)
     kwargs = dict(mask=data.mask, bias=data.bias, **_run_args(case, judge.options))
@@ -218,6 +222,8 @@ def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str]) -> None:
         except Exception as exc:
             judge.all(checks, "error", f"raised {_raised(exc)}")
             return
+    if outputs is not None:
+        outputs[case.id] = (out, grads)
 
     strict = judge.options.strict_fully_masked
     rows = data.fully_masked[..., None]                     # (B, L_q, 1)

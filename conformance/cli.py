@@ -2,7 +2,8 @@
 
     attnsuite check IMPL [IMPL ...] [--profile quick|default|full] [--dtype D[,D]]
                     [--device cpu|gpu] [--report DIR] [--junit-xml FILE] [--weights FILE]
-                    [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N] [-q]
+                    [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N]
+                    [--no-diagnose] [-q]
 
 IMPL is a registered name (``attnsuite list``) or ``FRAMEWORK:module.path:factory``
 (the module is found from the current directory, as with ``python -m``). All the
@@ -91,11 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-coverage", type=_percent, metavar="P",
                    help="fail an implementation judged on less than P%% of the checks it was "
                         "given (default: only warn below 50%%)")
+    p.add_argument("--no-diagnose", action="store_true",
+                   help="do not look for the likely bug of a failing implementation")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the verdict only")
     return p
 
 
 def _summary_lines(run, quiet: bool) -> list[str]:
+    from attnsuite.conformance.diagnosis import cause_lines
+
     lines = []
     width = max(len(impl.name) for impl in run.implementations)
     for impl in run.implementations:
@@ -109,6 +114,7 @@ def _summary_lines(run, quiet: bool) -> list[str]:
                          f"{impl.coverage().percent()} judged ({impl.seconds:.1f}s)")
         if impl.reason:
             lines.append(f"      {impl.reason}")
+        lines += [f"      {line}" for line in cause_lines(impl)]
     for impl in run.implementations:
         failures = impl.failures()
         for r in failures[:SHOWN_FAILURES]:
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     weights=args.weights, xfails=args.xfails,
                     strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
                     isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
-                    min_coverage=args.min_coverage, generated=args.generated)
+                    min_coverage=args.min_coverage, generated=args.generated,
+                    diagnose=not args.no_diagnose)
     except ValueError as exc:
         print(f"attnsuite check: error: {exc}", file=sys.stderr)
         return 2

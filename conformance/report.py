@@ -20,6 +20,7 @@ from pathlib import Path
 from attnsuite.files import atomic_write_text
 from attnsuite.conformance.cases import DTYPES
 from attnsuite.conformance.checks import CheckResult
+from attnsuite.conformance.diagnosis import cause_lines
 from attnsuite.conformance.runner import FAILING, ImplResult, RunResult
 
 FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout")
@@ -51,6 +52,7 @@ def to_json(run: RunResult) -> dict:
             "name": impl.name, "framework": impl.framework, "kind": impl.kind,
             "verdict": impl.verdict, "reason": impl.reason, "seconds": round(impl.seconds, 3),
             "counts": impl.counts(), "coverage": impl.coverage().to_dict(),
+            "diagnosis": impl.diagnosis if impl.verdict == "fail" else None,  # xfails can pass it
             "results": [r.to_dict() for r in impl.results],
         })
     return _finite({
@@ -179,8 +181,9 @@ def coverage_rows(run: RunResult) -> tuple[list[str], list[list[str]]]:
     return ["implementation", "checks judged", "features never judged"], rows
 
 
-def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str]]]:
-    """(implementation, attribution lines, failure messages) for each that did not pass."""
+def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str], list[str]]]:
+    """(implementation, attribution lines, failure messages, likely cause lines) for each
+    that did not pass."""
     sections = []
     for impl in run.implementations:
         messages = []
@@ -192,7 +195,8 @@ def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str]]]:
             messages.append(f"... and {len(failures) - SHOWN_FAILURES} more (conformance.json)")
         xpasses = [r.message for r in impl.results if r.status == "xpass"]
         if messages or xpasses:
-            sections.append((impl.name, attribution(impl) if failures else [], messages + xpasses))
+            sections.append((impl.name, attribution(impl) if failures else [], messages + xpasses,
+                             cause_lines(impl)))
     return sections
 
 
@@ -210,8 +214,10 @@ def to_markdown(run: RunResult) -> str:
             "", _md_table(*coverage_rows(run)), ""]
     for warning in run.warnings:
         out.append(f"> warning: {warning}")
-    for name, tags, messages in _failure_sections(run):
+    for name, tags, messages, cause in _failure_sections(run):
         out += [f"## {name}", ""]
+        if cause:
+            out += ["\n".join(cause), ""]
         if tags:
             out += ["Failures concentrate in: " + "; ".join(tags), ""]
         out += ["```", *messages, "```", ""]
@@ -234,8 +240,10 @@ def to_html(run: RunResult) -> str:
         parts += ["<h2>Rows with no visible key</h2>", table(header, rows)]
     parts += ["<h2>Coverage</h2>", table(*coverage_rows(run))]
     parts += [f"<p><b>warning:</b> {html.escape(w)}</p>" for w in run.warnings]
-    for name, tags, messages in _failure_sections(run):
+    for name, tags, messages, cause in _failure_sections(run):
         parts.append(f"<h2>{html.escape(name)}</h2>")
+        if cause:
+            parts.append("<p>" + "<br>".join(html.escape(line) for line in cause) + "</p>")
         if tags:
             parts.append("<p>Failures concentrate in: " + html.escape("; ".join(tags)) + "</p>")
         parts.append("<pre>" + html.escape("\n\n".join(messages)) + "</pre>")
@@ -257,6 +265,7 @@ def to_junit(run: RunResult) -> str:
         for name, value in impl.coverage().to_dict().items():
             value = ",".join(value) if isinstance(value, list) else value
             ET.SubElement(properties, "property", name=f"coverage.{name}", value=str(value))
+        cause = "".join("\n" + line for line in cause_lines(impl))
         counts = dict.fromkeys(totals, 0)
         if impl.reason is not None:
             case = ET.SubElement(suite, "testcase", classname=impl.name, name="load")
@@ -268,7 +277,7 @@ def to_junit(run: RunResult) -> str:
             counts["tests"] += 1
             first_line = r.message.splitlines()[0][:200] if r.message else r.status
             if r.status == "fail":
-                ET.SubElement(case, "failure", message=first_line).text = r.message
+                ET.SubElement(case, "failure", message=first_line).text = r.message + cause
                 counts["failures"] += 1
             elif r.status == "error":
                 ET.SubElement(case, "error", message=first_line).text = r.message

@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from attnsuite.conformance.cases import Case, catalog, find_case, generated_cases
 from attnsuite.conformance.coverage import LOW_COVERAGE, Coverage, coverage
 from attnsuite.conformance.checks import CheckResult, Options, Subject, judge_case, reference
+from attnsuite.conformance.diagnosis import diagnosis_events
 from attnsuite.conformance.weights import load_weights
 from attnsuite.conformance.xfails import Xfails
 from attnsuite.impls.backends import load_backend
@@ -57,6 +58,7 @@ class ImplResult:
     reason: str | None = None               # why "error" or "untested": the load failure, a dead worker
     results: list[CheckResult] = dataclasses.field(default_factory=list)
     seconds: float = 0.0                    # spent judging its cases (imports not counted)
+    diagnosis: list[dict] | None = None     # conformance.diagnosis: None when not diagnosed
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -172,7 +174,8 @@ def load_subject(name: str, device: str = "cpu") -> Subject:
 def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Options,
                      weights=None) -> Iterator[tuple]:
     """Events: ("loaded", i, error_or_None), ("result", i, CheckResult),
-    ("case_done", i, {"case": id, "seconds": time spent judging it}).
+    ("case_done", i, {"case": id, "seconds": time spent judging it}), and after every
+    case, for each implementation with a failing check, ("diagnosis", i, [hypotheses]).
 
     Case-major: each case's oracle results are computed once for all implementations.
     ``weights``: (spec, arrays) from ``--weights``, used by the cases on that spec.
@@ -185,6 +188,9 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
         except Exception as exc:
             subjects.append(None)
             yield ("loaded", i, str(exc).strip() or type(exc).__name__)
+    judged = [[] for _ in subjects]
+    judged_cases = [[] for _ in subjects]   # each case in the call form it was judged in
+    outputs = [{} for _ in subjects]    # the outputs of failing cases, for the diagnosis
     for case in cases:
         if not any(subjects):
             return
@@ -199,14 +205,21 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
                     case_weights = (weights[1] if weights is not None and target.spec == weights[0]
                                     else None)
                     refs[target.id] = reference(target, case_weights, options.strict_fully_masked)
-                results = judge_case(subject, target, refs[target.id], options)
+                results = judge_case(subject, target, refs[target.id], options,
+                                     outputs[i] if options.diagnose else None)
             except Exception:  # a bug of the suite's own: report it, judge the others
                 results = [CheckResult(target.id, "suite", "error", f"{subject.name} :: {target.id}: "
                                        f"the suite failed:\n{traceback.format_exc()}", target.tags)]
             seconds = time.perf_counter() - start
+            judged[i] += results
+            judged_cases[i].append(target)
+            if not any(r.status in FAILING for r in results):
+                outputs[i].pop(target.id, None)
             for result in results:
                 yield ("result", i, result)
             yield ("case_done", i, {"case": target.id, "seconds": seconds})
+    if options.diagnose:
+        yield from diagnosis_events(subjects, judged_cases, judged, outputs, options, weights)
 
 
 # ---------------------------------------------------------------------------------------
@@ -410,20 +423,24 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
           case_filter: str | Sequence[str] | Callable[[Case], bool] | None = None,
           isolate: bool = False, progress: bool = False, seed: int = 0,
           jobs: int | None = None, min_coverage: float | None = None,
-          generated: int = 0) -> RunResult:
+          generated: int = 0, diagnose: bool = True) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights``: a ``--weights`` file path (see conformance.weights). ``xfails``: a path,
     lines, or an ``Xfails``. ``min_coverage``: a share of the checks (0 to 1) that an
-    implementation must be judged on to pass (conformance.coverage). Usage errors (unknown profile, dtype, case, unreadable
-    weights or xfails file) raise ValueError before anything runs.
+    implementation must be judged on to pass (conformance.coverage). ``generated``: that
+    many generated cases besides the profile's. ``diagnose``: name the likely bug of each
+    failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py). Usage
+    errors (unknown profile, dtype, case, unreadable weights or xfails file) raise
+    ValueError before anything runs.
     """
     names = list(impls)
     dtypes = list(dtypes) if dtypes else None
     weights_spec, weights_arrays = load_weights(weights) if weights is not None else (None, None)
     cases = select_cases(profile, dtypes, case_filter, seed, weights_spec, generated)
     xfail_list = Xfails.coerce(xfails)
-    options = Options(device, strict_fully_masked, None if weights is None else str(weights), seed)
+    options = Options(device, strict_fully_masked, None if weights is None else str(weights), seed,
+                      diagnose)
     env = environment(profile=profile, dtypes=dtypes, device=device, seed=seed,
                       strict_fully_masked=strict_fully_masked, weights_path=weights,
                       weights_spec=weights_spec, cases=cases)
@@ -453,6 +470,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
                     bar.advance(f"{names[index]}: {payload}", len(cases))
             elif event == "result":
                 results[index].results.append(xfail_list.apply(names[index], payload))
+            elif event == "diagnosis":
+                results[index].diagnosis = payload
             elif event == "case_done":
                 finished_cases[index] += 1
                 results[index].seconds += payload["seconds"]

@@ -1,5 +1,6 @@
 """The gate against the catalog of broken implementations (impls/broken): every bug must
-be caught, by the check and in the cases the catalog says.
+be caught, by the check and in the cases the catalog says, and the diagnosis must name
+the bug's hypothesis first (or, for a bug in no hypothesis, say that none explains it).
 
 The whole catalog is judged in two gate runs on the quick profile, each with one worker
 process per framework: every bug, plus the correct layer the bugs of each framework are
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from attnsuite.conformance.checks import CheckResult
+from attnsuite.conformance.hypotheses import BY_ID
 from attnsuite.conformance.runner import ImplResult, check
 from attnsuite.impls.backends import framework_status
 from attnsuite.impls.broken import BROKEN, CAUGHT_BY, CATEGORIES, Expect
@@ -175,3 +177,55 @@ def test_each_factory_says_its_bug_in_one_line(framework):
         assert factory in functions, f"{entry.target}: no such top-level function in {source}"
         doc = (functions[factory] or "").strip()
         assert doc and "\n" not in doc, f"{entry.target}: wants a one-line docstring, got {doc!r}"
+
+
+def misdiagnosis(impl, expect: Expect) -> str | None:
+    """Why the diagnosis of ``impl`` falls short of ``expect.diagnosis`` (None: it does not)."""
+    found = impl.diagnosis
+    if found is None:
+        return f"not diagnosed (verdict {impl.verdict})"
+    ranked = [d["id"] for d in found[:4]]
+    if expect.diagnosis is None:
+        return None if not found else f"names {ranked} for a bug in no hypothesis"
+    if not found:
+        return f"no hypothesis explains it; expected {expect.diagnosis}"
+    return None if ranked[0] == expect.diagnosis else f"ranks {ranked}; expected {expect.diagnosis}"
+
+
+def test_misdiagnosis_names_each_way_a_diagnosis_falls_short():
+    impl = _verdict(("mha2-float32", "output", "fail", ("mha",)))
+    stated = Expect("case", ("output",), "tiled heads", diagnosis="gqa_heads_tiled")
+    hit = {"id": "gqa_heads_tiled", "cases_explained": 1, "cases_failing": 1}
+    impl.diagnosis = [hit]
+    assert misdiagnosis(impl, stated) is None
+    for wrong in ([], [{**hit, "id": "mask_inverted"}, hit], None):
+        impl.diagnosis = wrong
+        assert misdiagnosis(impl, stated), wrong
+    impl.diagnosis = []
+    assert misdiagnosis(impl, dataclasses.replace(stated, diagnosis=None)) is None
+    impl.diagnosis = [hit]
+    assert misdiagnosis(impl, dataclasses.replace(stated, diagnosis=None))
+
+
+def test_every_stated_diagnosis_is_a_hypothesis():
+    unknown = {e.name: CAUGHT_BY[e.name].diagnosis for e in BROKEN
+               if CAUGHT_BY[e.name].diagnosis not in (None, *BY_ID)}
+    assert not unknown, f"not in attnsuite.conformance.hypotheses: {unknown}"
+
+
+@pytest.mark.parametrize("entry", BROKEN, ids=lambda e: e.name)
+def test_the_diagnosis_names_the_bug(entry, judged):
+    _skip_unless_installed(entry.framework)
+    problem = misdiagnosis(judged[entry.name], CAUGHT_BY[entry.name])
+    assert problem is None, f"{entry.name} ({entry.description}): {problem}"
+
+
+def test_the_diagnosis_rate_is_complete(judged):
+    judged_bugs = [e for e in BROKEN if e.name in judged]
+    wrong = sorted(e.name for e in judged_bugs if misdiagnosis(judged[e.name], CAUGHT_BY[e.name]))
+    in_catalog = sum(CAUGHT_BY[e.name].diagnosis is not None for e in judged_bugs)
+    print(f"diagnosis names the right cause for {len(judged_bugs) - len(wrong)} of "
+          f"{len(judged_bugs)} broken implementations ({in_catalog} with a bug in the hypothesis "
+          f"catalog, the rest told that no hypothesis explains them)")
+    assert not wrong, f"misdiagnosed: {wrong}"
+    assert all(judged[CONTROLS[fw]].diagnosis is None for fw in FRAMEWORKS if CONTROLS[fw] in judged)

@@ -40,6 +40,9 @@ class Expect:
     forward_clean: the bug is invisible in the forward pass: every "output" check passes.
     strict: needs the strict rule for rows with no visible key (SPEC 3), outside which
         what such rows do is reported as a behaviour, not judged.
+    diagnosis: the id of the bug hypothesis (attnsuite.conformance.hypotheses) the
+        diagnosis must rank first; None where the bug is in no hypothesis, and the
+        diagnosis must say that no hypothesis explains it.
     """
     category: str
     checks: tuple[str, ...]
@@ -48,6 +51,7 @@ class Expect:
     only_in: tuple[str, ...] = ()
     forward_clean: bool = False
     strict: bool = False
+    diagnosis: str | None = None
 
 
 # Every case with a mask (an all-True one too: adding −1e9 to every logit swamps them).
@@ -63,9 +67,10 @@ def _rows():
         # The classic tutorial layer, one bug at a time.
         (tf, "output_p_times_v_transposed", "output written as P·Vᵀ",
          Expect("tutorial", ANY_NUMERIC, "P·Vᵀ is the wrong product: a shape error, or wrong "
-                "values where L_k == d_v")),
+                "values where L_k == d_v", diagnosis="output_p_times_v_transposed")),
         (tf, "own_position_excluded", "each query's own key position excluded",
-         Expect("tutorial", OUTPUT, "every row loses the weight of key j == i")),
+         Expect("tutorial", OUTPUT, "every row loses the weight of key j == i",
+                diagnosis="own_position_excluded")),
         (tf, "projections_sized_d_k", "projections sized d_k, heads split as num_heads·d_k",
          Expect("tutorial", ANY_NUMERIC, "the reshape folds the sequence into heads: a shape "
                 "error or garbage")),
@@ -76,74 +81,83 @@ def _rows():
                 tags=("dropout",), only_in=("dropout",))),
         (tf, "mask_polarity_inverted", "mask added as mask·(−1e9): True drops the key",
          Expect("tutorial", OUTPUT, "the keys a True mask keeps get −1e9", tags=("mask_random",),
-                only_in=MASKED)),
+                only_in=MASKED, diagnosis="mask_inverted")),
         (tf, "scale_as_float32_tensor", "scale built as a float32 tensor",
          Expect("tutorial", ANY_NUMERIC, "TensorFlow refuses to multiply a float64, float16 or "
                 "bfloat16 tensor by a float32 one", tags=("float64",),
                 only_in=("float64", "float16", "bfloat16"))),
         # Only gradients can show these.
         (tf, "custom_gradient_forgets_scale", "tf.custom_gradient for scale·QKᵀ without the scale",
-         Expect("gradient", GRADS, "dQ and dK are 1/scale times too large", forward_clean=True)),
+         Expect("gradient", GRADS, "dQ and dK are 1/scale times too large", forward_clean=True,
+                diagnosis="grad_scale_forgotten")),
         (torch, "softmax_detached", "attention weights used through .detach()",
          Expect("gradient", GRADS, "no gradient reaches Q or K through the softmax",
-                forward_clean=True)),
+                forward_clean=True, diagnosis="softmax_detached")),
         (torch, "softcap_backward_missing_square", "softcap backward with 1 − tanh, not 1 − tanh²",
          Expect("gradient", GRADS, "the softcap's derivative is wrong wherever tanh != 0",
-                tags=("softcap",), only_in=("softcap",), forward_clean=True)),
+                tags=("softcap",), only_in=("softcap",), forward_clean=True,
+                diagnosis="softcap_grad_missing_square")),
         (jax, "softmax_vjp_diagonal_only", "jax.custom_vjp softmax with only p(1 − p) in its backward",
          Expect("gradient", GRADS, "the −p_i·p_j terms of the softmax Jacobian are missing",
-                forward_clean=True)),
+                forward_clean=True, diagnosis="softmax_grad_diagonal_only")),
         (jax, "fully_masked_rows_nan_gradient", "additive −inf mask, NaN rows zeroed after the softmax",
          Expect("gradient", GRADS, "the forward is right, but the NaN of rows with no visible key "
                 "reaches every gradient", tags=("fully_masked",), only_in=("fully_masked",),
-                forward_clean=True, strict=True)),
+                forward_clean=True, strict=True, diagnosis="fully_masked_nan_gradients")),
         # Only some cases can show these.
         (torch, "gqa_heads_tiled", "grouped kv heads tiled instead of repeated",
          Expect("case", OUTPUT, "query head h reads kv head h % H_kv instead of h // group_size; "
-                "MQA and MHA cannot tell the two apart", tags=("gqa",), only_in=("gqa",))),
+                "MQA and MHA cannot tell the two apart", tags=("gqa",), only_in=("gqa",),
+                diagnosis="gqa_heads_tiled")),
         (jax, "bottom_right_as_top_left", "causal rule always aligned top-left",
          Expect("case", OUTPUT, "bottom_right differs from top_left only when L_q != L_k",
-                tags=("causal_bottom_right",), only_in=("causal_bottom_right",))),
+                tags=("causal_bottom_right",), only_in=("causal_bottom_right",),
+                diagnosis="causal_top_left")),
         (tf, "window_off_by_one", "sliding window's left edge written with >",
-         Expect("case", OUTPUT, "key i − left is dropped", tags=("window",), only_in=("window",))),
+         Expect("case", OUTPUT, "key i − left is dropped", tags=("window",), only_in=("window",),
+                diagnosis="window_left_one_short")),
         (torch, "mask_fill_leaks", "masked logits filled with a finite −15",
          Expect("case", OUTPUT, "masked keys keep a weight near e^−15: visible behind huge values",
-                tags=("stress_masked_huge_values",))),
+                tags=("stress_masked_huge_values",), diagnosis="mask_fill_finite")),
         (tf, "softcap_after_mask", "softcap applied after the bias and the mask",
          Expect("case", OUTPUT, "the bias is capped too, and masked keys come back at −c",
-                tags=("softcap",), only_in=("softcap",))),
+                tags=("softcap",), only_in=("softcap",), diagnosis="softcap_after_bias_and_mask")),
         (jax, "softmax_without_max_subtraction", "softmax without subtracting the row max",
          Expect("case", OUTPUT, "exp overflows on logits past log(max finite)",
-                tags=("stress_large_logits",), only_in=("stress_large_logits",))),
+                tags=("stress_large_logits",), only_in=("stress_large_logits",),
+                diagnosis="softmax_without_max_subtraction")),
         (jax, "custom_scale_ignored", "spec's custom scale ignored",
          Expect("case", OUTPUT, "only a case with a custom scale differs", tags=("custom_scale",),
-                only_in=("custom_scale",))),
+                only_in=("custom_scale",), diagnosis="custom_scale_ignored")),
         (jax, "output_bias_dropped", "output projection's bias bo dropped",
          Expect("case", OUTPUT, "every output row is off by bo", tags=("proj_bias",),
-                only_in=("proj_bias",))),
+                only_in=("proj_bias",), diagnosis="bo_dropped")),
         # Head and scale bookkeeping.
         (torch, "heads_merged_without_transpose", "heads merged by reshape without moving H back",
-         Expect("layout", OUTPUT, "rows of different heads and positions are interleaved")),
+         Expect("layout", OUTPUT, "rows of different heads and positions are interleaved",
+                diagnosis="heads_merged_without_transpose")),
         (torch, "scale_one_over_d_k", "logits scaled by 1/d_k",
-         Expect("layout", OUTPUT, "1/d_k instead of 1/sqrt(d_k)")),
+         Expect("layout", OUTPUT, "1/d_k instead of 1/sqrt(d_k)", diagnosis="scale_d_k")),
         # Hidden state.
         (torch, "kv_cache_never_reset", "decoding KV cache appended to by every call",
          Expect("state", ("stateless", "deterministic"), "a second call attends to the first "
-                "call's keys too")),
+                "call's keys too", diagnosis="state_between_calls")),
         (torch, "kv_cache_keyed_on_shape", "projected K/V cached by input shape",
          Expect("state", ("stateless",), "a later call with new inputs of the same shapes gets "
-                "the first call's K/V")),
+                "the first call's K/V", diagnosis="state_between_calls")),
         # Precision.
         (tf, "softmax_in_float32", "softmax computed in float32 whatever the dtype",
          Expect("precision", OUTPUT, "float64 results carry float32 rounding (~1e-7)",
-                tags=("float64",), only_in=("float64",))),
+                tags=("float64",), only_in=("float64",), diagnosis="float32_in_float64")),
         (torch, "probs_in_half_precision", "attention weights stored in float16",
          Expect("precision", OUTPUT, "float32 results carry float16 rounding (~5e-4), and "
                 "gradients behind huge values overflow float16's range", tags=("float32",),
-                only_in=("float32", "float64", "stress_masked_huge_values"))),
+                only_in=("float32", "float64", "stress_masked_huge_values"),
+                diagnosis="float16_accumulation")),
         (jax, "softmax_sum_in_float16", "softmax denominator accumulated in float16",
          Expect("precision", OUTPUT, "float32 results carry float16 rounding of the row sums",
-                tags=("float32",), only_in=("float32", "float64"))),
+                tags=("float32",), only_in=("float32", "float64"),
+                diagnosis="float16_accumulation")),
         # Only the paths that real layers take reveal these (call forms, pairwise cases).
         (torch, "self_attention_projects_keys_with_wq", "self form: keys projected with wq",
          Expect("form", ANY_NUMERIC, "only a call with one tensor as query, key and value takes "
