@@ -52,6 +52,11 @@ REGISTRY: tuple[Entry, ...] = (
        "flax.linen.MultiHeadDotProductAttention", "builtin"),
     _e("flax.nnx.MultiHeadAttention", "jax", "attnsuite.impls.builtin.flax:nnx_mha",
        "flax.nnx.MultiHeadAttention", "builtin"),
+    # The ecosystem's layers (pip install 'attnsuite[ecosystem]'; absent: unsupported, with why).
+    _e("equinox.nn.MultiheadAttention", "jax", "attnsuite.impls.builtin.equinox:multihead_attention",
+       "equinox.nn.MultiheadAttention, vmapped over the batch", "builtin"),
+    _e("haiku.MultiHeadAttention", "jax", "attnsuite.impls.builtin.haiku:multi_head_attention",
+       "haiku's hk.MultiHeadAttention under hk.transform", "builtin"),
 )
 
 
