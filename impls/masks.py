@@ -59,7 +59,7 @@ def visible_mask(spec: AttentionSpec, L_q: int, L_k: int, mask=None, *, rank: in
     shape = {2: (L_q, L_k), 3: (B, L_q, L_k), 4: (B, H, L_q, L_k)}[rank]
     lead = (None,) * (rank - 2)
     if mask is None:
-        visible = xp.asarray(np.broadcast_to(structural[lead], shape))
+        visible = xp.asarray(np.array(np.broadcast_to(structural[lead], shape)))  # writable
     else:
         user = mask if mask.ndim == 2 else mask[(slice(None),) * (rank - 2) + (0,) * (4 - rank)]
         user = user[lead] if mask.ndim == 2 else user

@@ -57,6 +57,14 @@ REGISTRY: tuple[Entry, ...] = (
        "equinox.nn.MultiheadAttention, vmapped over the batch", "builtin"),
     _e("haiku.MultiHeadAttention", "jax", "attnsuite.impls.builtin.haiku:multi_head_attention",
        "haiku's hk.MultiHeadAttention under hk.transform", "builtin"),
+    _e("transformers.BertSelfAttention.eager", "torch", "attnsuite.impls.builtin.transformers:bert_self_attention_eager",
+       'HF BertSelfAttention + BertSelfOutput.dense, attn_implementation="eager"; self-attention only', "builtin"),
+    _e("transformers.BertSelfAttention.sdpa", "torch", "attnsuite.impls.builtin.transformers:bert_self_attention_sdpa",
+       'HF BertSelfAttention + BertSelfOutput.dense, attn_implementation="sdpa"; self-attention only', "builtin"),
+    _e("transformers.LlamaAttention.eager", "torch", "attnsuite.impls.builtin.transformers:llama_attention_eager",
+       'HF LlamaAttention (RoPE the identity), attn_implementation="eager"; self-attention only', "builtin"),
+    _e("transformers.LlamaAttention.sdpa", "torch", "attnsuite.impls.builtin.transformers:llama_attention_sdpa",
+       'HF LlamaAttention (RoPE the identity), attn_implementation="sdpa"; self-attention only', "builtin"),
 )
 
 

@@ -1,0 +1,206 @@
+"""HF transformers' attention layers behind the suite's contract, through their real
+``forward``, under each attention implementation they dispatch to on a CPU.
+
+- ``BertSelfAttention`` with ``BertSelfOutput``'s ``dense`` (no LayerNorm or residual).
+- ``LlamaAttention`` (grouped heads), with RoPE made the identity (cos = 1, sin = 0) until
+  the spec has positions.
+
+Both take ONE input, ``hidden_states``: under the three-tensor contract they run only when
+the suite passes one tensor three times (``query is key is value``, the self-attention
+cases) and raise ``Unsupported`` otherwise; each form a layer takes is one entry of its
+``forms`` table, so the key-is-value form (``BertCrossAttention``) joins there.
+
+The mask is what an HF model hands its layers (``attnsuite.impls.masks.visible_mask``):
+additive (0 / ``finfo(dtype).min``) under ``eager``; boolean (True = attend) under
+``sdpa``, or none with the layer's own ``is_causal`` when the mask is exactly top-left
+causal. An additive bias is added to that float mask, as HF's float masks are added to
+the logits. Configs are built in code; the modules live on the meta device and
+``torch.func.functional_call`` supplies the converted canonical params
+(``attnsuite.impls.convert.transformers``), so gradients reach them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from attnsuite.impls.builtin.optional import library
+from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.masks import visible_mask
+from attnsuite.impls.spec import AttentionSpec
+
+IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+FORM_WORDS = {"self": "self-attention (one tensor as query, key and value)",
+              "key_is_value": "key-is-value attention (query, and one memory as key and value)",
+              "three": "three tensors"}
+
+
+def call_form(query, key, value) -> str:
+    """How the suite called ``fn``: one tensor three times, key passed as value, or three."""
+    if query is key and key is value:
+        return "self"
+    return "key_is_value" if key is value else "three"
+
+
+def _require(name: str, failures: list[tuple[bool, str]]) -> None:
+    for failing, why in failures:
+        if failing:
+            raise Unsupported(f"{name}: {why}")
+
+
+def _default_scale(spec: AttentionSpec) -> bool:
+    return spec.scale is None or math.isclose(spec.scale, 1 / math.sqrt(spec.d_k))
+
+
+def _attention_mask(spec, implementation, L_q, L_k, mask, bias, like, layer_is_causal):
+    """The ``attention_mask`` an HF model passes its layer, for the spec's visibility."""
+    import torch
+
+    exactly_causal = (spec.causal == "top_left" and spec.window is None and mask is None
+                      and bias is None)
+    if implementation == "sdpa" and bias is None:
+        if exactly_causal and layer_is_causal:
+            return None                      # sdpa_attention_forward sets is_causal itself
+        visible = visible_mask(spec, L_q, L_k, mask, rank=4, xp=torch)
+        if visible is None and layer_is_causal:  # no mask would make the layer causal
+            visible = torch.ones((1, 1, L_q, L_k), dtype=torch.bool, device=like.device)
+        return visible
+    additive = visible_mask(spec, L_q, L_k, mask, rank=4, additive=torch.finfo(like.dtype).min,
+                            dtype=like.dtype, xp=torch)
+    if bias is None:
+        return additive
+    return bias if additive is None else additive + bias
+
+
+def _factory(name: str, problems: Callable, build: Callable, forms: dict[str, Callable],
+             implementation: str):
+    """A factory for a layer: ``build(spec, implementation)`` gives its meta modules,
+    ``forms[form](modules, state, query, key, value, attention_mask)`` calls them."""
+    label = f'{name} (attn_implementation="{implementation}")'
+
+    def factory(spec: AttentionSpec):
+        library("transformers", label)  # a missing library is the reason for every spec
+        _require(label, problems(spec))
+        from attnsuite.impls.convert import transformers as convert
+        from attnsuite.impls.ours.torch import seeded
+
+        modules, layout, is_causal = build(spec, implementation)
+
+        def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
+            form = call_form(query, key, value)
+            if form not in forms:
+                raise Unsupported(f"{label}: takes {' or '.join(FORM_WORDS[f] for f in forms)} "
+                                  f"only; this call passes {FORM_WORDS[form]}")
+            attention_mask = _attention_mask(spec, implementation, query.shape[1], key.shape[1],
+                                             mask, bias, query, is_causal)
+            for module in modules.values():
+                module.train(training)
+            with seeded(seed if training else None, query.device):
+                return forms[form](modules, convert.to_state_dict(spec, params, layout),
+                                   query, key, value, attention_mask)
+
+        return fn
+
+    return factory
+
+
+# ---------------------------------------------------------------------------------------
+# BertSelfAttention + BertSelfOutput.dense
+
+BERT = "transformers.BertSelfAttention"
+
+
+def _bert_problems(spec: AttentionSpec) -> list[tuple[bool, str]]:
+    return [
+        (spec.H_kv != spec.H, "no grouped-query or multi-query attention"),
+        (spec.head_dim is not None or spec.value_head_dim is not None,
+         "head size is hidden_size / num_attention_heads"),
+        (spec.E_k != spec.E or spec.E_v != spec.E, "key and value have hidden_size features"),
+        (spec.E_o != spec.E, "the output dense maps hidden_size to hidden_size"),
+        (not spec.bias, "its Linear layers always have biases"),
+        (not _default_scale(spec), "no scale option: 1/sqrt(head size)"),
+        (spec.softcap is not None, "no logit softcap"),
+    ]
+
+
+def _bert_build(spec: AttentionSpec, implementation: str):
+    import torch
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertSelfAttention, BertSelfOutput
+
+    from attnsuite.impls.convert.transformers import BERT as layout
+
+    config = BertConfig(hidden_size=spec.E, num_attention_heads=spec.H,
+                        attention_probs_dropout_prob=spec.dropout, hidden_dropout_prob=0.0,
+                        attn_implementation=implementation)
+    is_causal = spec.causal is not None
+    with torch.device("meta"):  # functional_call supplies every weight
+        modules = {"self": BertSelfAttention(config, is_causal=is_causal),
+                   "output": BertSelfOutput(config).dense}
+    return modules, layout, is_causal
+
+
+def _bert_self(modules, state, query, key, value, attention_mask):
+    from torch.func import functional_call
+
+    from attnsuite.impls.convert.transformers import submodule
+
+    heads, _ = functional_call(modules["self"], submodule(state, "self"), (query,),
+                               {"attention_mask": attention_mask})
+    return functional_call(modules["output"], submodule(state, "output.dense"), (heads,))
+
+
+# ---------------------------------------------------------------------------------------
+# LlamaAttention
+
+LLAMA = "transformers.LlamaAttention"
+
+
+def _llama_problems(spec: AttentionSpec) -> list[tuple[bool, str]]:
+    return [
+        (spec.d_v != spec.d_k, "one head_dim for query, key and value"),
+        (spec.d_k % 2, "head_dim must be even (its config validates RoPE, which rotates pairs)"),
+        (spec.E_k != spec.E or spec.E_v != spec.E, "key and value have hidden_size features"),
+        (spec.E_o != spec.E, "o_proj maps back to hidden_size"),
+        (not _default_scale(spec), "no scale option: 1/sqrt(head_dim)"),
+        (spec.softcap is not None, "no logit softcap"),
+    ]
+
+
+def _llama_build(spec: AttentionSpec, implementation: str):
+    import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    from attnsuite.impls.convert.transformers import LLAMA as layout
+
+    config = LlamaConfig(hidden_size=spec.E, num_attention_heads=spec.H,
+                         num_key_value_heads=spec.H_kv, head_dim=spec.d_k,
+                         attention_bias=spec.bias, attention_dropout=spec.dropout,
+                         attn_implementation=implementation)
+    with torch.device("meta"):
+        module = LlamaAttention(config, layer_idx=0)
+    return {"attn": module}, layout, module.is_causal
+
+
+def _llama_self(modules, state, query, key, value, attention_mask):
+    import torch
+    from torch.func import functional_call
+
+    # RoPE as the identity: cos = 1, sin = 0 at every position.
+    cos = torch.ones((*query.shape[:2], modules["attn"].head_dim), dtype=query.dtype, device=query.device)
+    out, _ = functional_call(modules["attn"], state, (query,),
+                             {"position_embeddings": (cos, torch.zeros_like(cos)),
+                              "attention_mask": attention_mask})
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The registered factories: one per layer and attention implementation.
+
+bert_self_attention_eager = _factory(BERT, _bert_problems, _bert_build, {"self": _bert_self}, "eager")
+bert_self_attention_sdpa = _factory(BERT, _bert_problems, _bert_build, {"self": _bert_self}, "sdpa")
+llama_attention_eager = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "eager")
+llama_attention_sdpa = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "sdpa")
