@@ -29,7 +29,8 @@ from attnsuite.impls import AttentionSpec, init_weights, oracle
 from attnsuite.impls.errors import Unsupported
 
 tb = require("torch")
-pytest.importorskip("transformers", reason="transformers is not installed: pip install 'attnsuite[ecosystem]'")
+pytest.importorskip("transformers",
+                    reason="transformers is not installed: pip install 'attnsuite[ecosystem]'")
 import torch  # noqa: E402  (after the skips)
 from transformers import BertConfig, LlamaConfig  # noqa: E402
 from transformers.models.bert.modeling_bert import BertAttention  # noqa: E402

@@ -23,7 +23,8 @@ NAME = "equinox.nn.MultiheadAttention"
 def check_supported(spec: AttentionSpec) -> None:
     """Raise ``Unsupported`` for what the layer has no option for."""
     reasons = [
-        (spec.H_kv != spec.H, "no grouped-query or multi-query attention (one key/value head per query head)"),
+        (spec.H_kv != spec.H,
+         "no grouped-query or multi-query attention (one key/value head per query head)"),
         (spec.scale is not None and not math.isclose(spec.scale, 1 / math.sqrt(spec.d_k)),
          "no scale option: logits are always scaled by 1/sqrt(qk_size)"),
         (spec.softcap is not None, "no logit softcap"),
@@ -61,7 +62,7 @@ def multihead_attention(spec: AttentionSpec):
         B, L_q, L_k = query.shape[0], query.shape[1], key.shape[1]
         per_head = mask is not None and mask.ndim == 4 and mask.shape[1] > 1
         visible = visible_mask(spec, L_q, L_k, mask, rank=4 if per_head else 3, batch=B,
-                               broadcast=True, xp=jnp)
+                               broadcast=True, xp=jnp)  # (B, H, L_q, L_k) or (B, L_q, L_k)
         dropout = training and spec.dropout > 0
         keys = jax.random.split(jax.random.key(seed), B) if dropout else None
 
@@ -69,6 +70,6 @@ def multihead_attention(spec: AttentionSpec):
             return module(q, k, v, m, key=rng, inference=not dropout)
 
         axes = (0, 0, 0, None if visible is None else 0, None if keys is None else 0)
-        return jax.vmap(one, in_axes=axes)(query, key, value, visible, keys)
+        return jax.vmap(one, in_axes=axes)(query, key, value, visible, keys)  # (B, L_q, E_o)
 
     return fn

@@ -22,7 +22,8 @@ NAME = "haiku.MultiHeadAttention"
 def check_supported(spec: AttentionSpec) -> None:
     """Raise ``Unsupported`` for what the layer has no option for."""
     reasons = [
-        (spec.H_kv != spec.H, "no grouped-query or multi-query attention (one key/value head per query head)"),
+        (spec.H_kv != spec.H,
+         "no grouped-query or multi-query attention (one key/value head per query head)"),
         (spec.scale is not None and not math.isclose(spec.scale, 1 / math.sqrt(spec.d_k)),
          "no scale option: logits are always scaled by 1/sqrt(key_size)"),
         (spec.softcap is not None, "no logit softcap"),
@@ -58,6 +59,7 @@ def multi_head_attention(spec: AttentionSpec):
             raise Unsupported(f"{NAME}: the layer takes no additive attention bias")
         if training and spec.dropout > 0:
             raise Unsupported(f"{NAME}: no dropout")
+        # (B or 1, H or 1, L_q, L_k): the layer broadcasts it over batch and heads
         visible = visible_mask(spec, query.shape[1], key.shape[1], mask, rank=4, xp=jnp)
         return layer.apply(to_haiku(spec, params), None, query, key, value, visible)
 
