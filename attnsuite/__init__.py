@@ -16,6 +16,6 @@ if (_CHECKOUT / "impls" / "oracle.py").is_file() and (_CHECKOUT / "pyproject.tom
     # the three folders beside this one are its subpackages.
     __path__.append(str(_CHECKOUT))
 
-from attnsuite.impls import AttentionSpec, PluginError, Unsupported  # noqa: E402
+from attnsuite.impls import AttentionSpec, PluginError, Unsupported, visible_mask  # noqa: E402
 
-__all__ = ["AttentionSpec", "PluginError", "Unsupported"]
+__all__ = ["AttentionSpec", "PluginError", "Unsupported", "visible_mask"]

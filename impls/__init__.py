@@ -2,8 +2,9 @@
 that run any of them from NumPy inputs."""
 
 from attnsuite.impls.errors import PluginError, Unsupported
+from attnsuite.impls.masks import visible_mask
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.impls.weights import init_weights, param_count, weight_shapes
 
 __all__ = ["AttentionSpec", "PluginError", "Unsupported", "init_weights", "param_count",
-           "weight_shapes"]
+           "visible_mask", "weight_shapes"]

@@ -52,13 +52,19 @@ REGISTRY: tuple[Entry, ...] = (
        "flax.linen.MultiHeadDotProductAttention", "builtin"),
     _e("flax.nnx.MultiHeadAttention", "jax", "attnsuite.impls.builtin.flax:nnx_mha",
        "flax.nnx.MultiHeadAttention", "builtin"),
-    # The ecosystem's layers (the [ecosystem] extra), through their real forward.
-    _e("transformers.LlamaAttention.eager", "torch",
-       "attnsuite.impls.builtin.transformers:llama_attention_eager",
-       "HF transformers LlamaAttention, eager attention (self-attention only)", "builtin"),
-    _e("transformers.LlamaAttention.sdpa", "torch",
-       "attnsuite.impls.builtin.transformers:llama_attention_sdpa",
-       "HF transformers LlamaAttention, SDPA attention (self-attention only)", "builtin"),
+    # The ecosystem's layers (pip install 'attnsuite[ecosystem]'; absent: unsupported, with why).
+    _e("equinox.nn.MultiheadAttention", "jax", "attnsuite.impls.builtin.equinox:multihead_attention",
+       "equinox.nn.MultiheadAttention, vmapped over the batch", "builtin"),
+    _e("haiku.MultiHeadAttention", "jax", "attnsuite.impls.builtin.haiku:multi_head_attention",
+       "haiku's hk.MultiHeadAttention under hk.transform", "builtin"),
+    _e("transformers.BertSelfAttention.eager", "torch", "attnsuite.impls.builtin.transformers:bert_self_attention_eager",
+       'HF BertSelfAttention + BertSelfOutput.dense, attn_implementation="eager"; self form', "builtin"),
+    _e("transformers.BertSelfAttention.sdpa", "torch", "attnsuite.impls.builtin.transformers:bert_self_attention_sdpa",
+       'HF BertSelfAttention + BertSelfOutput.dense, attn_implementation="sdpa"; self form', "builtin"),
+    _e("transformers.LlamaAttention.eager", "torch", "attnsuite.impls.builtin.transformers:llama_attention_eager",
+       'HF LlamaAttention (its RoPE for a half-style spec), attn_implementation="eager"; self form', "builtin"),
+    _e("transformers.LlamaAttention.sdpa", "torch", "attnsuite.impls.builtin.transformers:llama_attention_sdpa",
+       'HF LlamaAttention (its RoPE for a half-style spec), attn_implementation="sdpa"; self form', "builtin"),
 )
 
 

@@ -1,77 +1,203 @@
-"""HF transformers' LlamaAttention behind the contract: converters, its real forward against
-the oracle (its real rotary embedding too), and what the gate found, confirmed here."""
+"""HF transformers' layers as built-ins (impls/builtin/transformers.py) and their weight
+converters (impls/convert/transformers.py).
+
+The converters follow the modules' own state dicts (keys and shapes of freshly built
+``BertAttention`` and ``LlamaAttention``) and are exact both ways; the adapters agree with
+the oracle in the self-attention form, the one call form these layers declare (a call
+with three tensors is declined with that reason), and Llama's own rotary embedding agrees
+with the oracle's half-style RoPE.
+
+Observed here (transformers 5.24, torch 2.13), asserted below:
+- ``LlamaAttention`` under ``eager`` runs its softmax in float32 (``softmax(...,
+  dtype=torch.float32)``): float64 is only float32-accurate, and a query row with no
+  visible key is NaN in float64 (the additive mask's ``finfo(float64).min`` becomes -inf
+  in float32); in the other dtypes it is the plain mean of the values;
+- ``BertSelfAttention`` under ``eager``: that row is the mean of the values (uniform);
+- under ``sdpa`` (a boolean mask into ``F.scaled_dot_product_attention``) that row is
+  zeros, the spec's rule.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import make_inputs, require
+from conftest import require
+from feature_cases import TOL, assert_close, assert_grads_close
+from attnsuite.impls import AttentionSpec, init_weights, oracle
+from attnsuite.impls.errors import Unsupported
 
 tb = require("torch")
-transformers = pytest.importorskip("transformers", reason="transformers is not installed "
-                                   "(pip install -e '.[ecosystem]')")
-import torch  # noqa: E402
+pytest.importorskip("transformers",
+                    reason="transformers is not installed: pip install 'attnsuite[ecosystem]'")
+import torch  # noqa: E402  (after the skips)
+from transformers import BertConfig, LlamaConfig  # noqa: E402
+from transformers.models.bert.modeling_bert import BertAttention  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaAttention  # noqa: E402
 
-from attnsuite.impls import AttentionSpec as S, Unsupported, init_weights, oracle  # noqa: E402
-from attnsuite.impls.builtin import transformers as hf  # noqa: E402
-from attnsuite.impls.calling import forms_of  # noqa: E402
-from attnsuite.impls.convert.transformers import from_llama, llama_state_dict  # noqa: E402
+from attnsuite.impls.builtin import transformers as builtin  # noqa: E402
+from attnsuite.impls.convert import transformers as convert  # noqa: E402
 
-FACTORIES = {"eager": hf.llama_attention_eager, "sdpa": hf.llama_attention_sdpa}
-SPECS = [S(16, 4, num_kv_heads=2), S(16, 4, num_kv_heads=1, causal="top_left", bias=False),
-         S(16, 2, rope={"style": "half"}, causal="bottom_right"),
-         S(16, 4, num_kv_heads=2, rope={"style": "half", "theta": 500.0}, window=(2, 0))]
-
-
-def test_weights_round_trip_exactly_through_a_real_layer():
-    spec = S(16, 4, num_kv_heads=2)
-    weights = init_weights(spec, seed=1)
-    config = transformers.LlamaConfig(hidden_size=16, num_attention_heads=4, num_key_value_heads=2,
-                                      head_dim=4, attention_bias=True)
-    layer = transformers.models.llama.modeling_llama.LlamaAttention(config, layer_idx=0).double()
-    layer.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in llama_state_dict(weights).items()})
-    prefix = "model.layers.0.self_attn."
-    checkpoint = {prefix + k: v.numpy() for k, v in layer.state_dict().items()}
-    back = from_llama(checkpoint, prefix)
-    assert set(back) == set(weights)
-    for name in weights:
-        np.testing.assert_array_equal(back[name], weights[name], err_msg=name)
+S = AttentionSpec
+B, L = 2, 5
+FACTORIES = {"BertSelfAttention.eager": builtin.bert_self_attention_eager,
+             "BertSelfAttention.sdpa": builtin.bert_self_attention_sdpa,
+             "LlamaAttention.eager": builtin.llama_attention_eager,
+             "LlamaAttention.sdpa": builtin.llama_attention_sdpa}
+BERT_SPECS = [S(8, 2), S(12, 3, causal="top_left", window=(2, 0))]
+LLAMA_SPECS = [S(8, 2), S(12, 6, num_kv_heads=2, head_dim=4, bias=False, causal="bottom_right"),
+               S(16, 4, num_kv_heads=1, causal="top_left", window=(1, 1))]
+SPECS = {name: BERT_SPECS if name.startswith("Bert") else LLAMA_SPECS for name in FACTORIES}
+# The dtype each is accurate in (module docstring): Llama's eager softmax is float32.
+ACCURATE = {"BertSelfAttention.eager": "float64", "BertSelfAttention.sdpa": "float64",
+            "LlamaAttention.eager": "float32", "LlamaAttention.sdpa": "float64"}
 
 
-@pytest.mark.parametrize("implementation", FACTORIES)
-@pytest.mark.parametrize("spec", SPECS, ids=str)
-def test_forward_and_gradients_match_the_oracle_in_float32(implementation, spec):
-    a = make_inputs(spec, B=2, L_q=6, seed=2)
-    w = init_weights(spec, seed=2)
-    x = a["query"]
-    out, grads = tb.forward_and_vjp(FACTORIES[implementation](spec), w, x, None, None, a["d_out"],
-                                    dtype="float32", form="self")
-    np.testing.assert_allclose(out, oracle.forward(spec, w, x, x, x), atol=2e-5, rtol=1e-4)
-    want = oracle.vjp(spec, w, x, x, x, a["d_out"])
-    np.testing.assert_allclose(grads["query"], want["query"] + want["key"] + want["value"],
-                               atol=1e-4, rtol=1e-3)
-    np.testing.assert_allclose(grads["wk"], want["wk"], atol=1e-4, rtol=1e-3)
+def bert_module(spec):
+    config = BertConfig(hidden_size=spec.E, num_attention_heads=spec.H)
+    torch.manual_seed(5)
+    return BertAttention(config)
 
 
-def test_a_self_attention_layer_declares_the_self_form_and_declines_what_it_cannot_express():
-    assert all(forms_of(f) == ("self",) for f in FACTORIES.values())
-    for spec, reason in [(S(16, 2, softcap=2.0), "softcap"), (S(16, 2, scale=0.5), "scale"),
-                         (S(16, 2, rope={"style": "interleaved"}), "half style"),
-                         (S(16, 6, num_kv_heads=2, head_dim=8), "LlamaConfig refuses")]:
-        with pytest.raises(Unsupported, match=reason):
-            hf.llama_attention_sdpa(spec)
+def llama_module(spec):
+    config = LlamaConfig(hidden_size=spec.E, num_attention_heads=spec.H, num_key_value_heads=spec.H_kv,
+                         head_dim=spec.d_k, attention_bias=spec.bias)
+    torch.manual_seed(5)
+    return LlamaAttention(config, layer_idx=0)
 
 
-def test_eager_attention_is_float32_accurate_in_float64():
-    """What the gate reports (float64 fails, float32 passes), outside the gate: HF's eager
-    attention takes its softmax in float32 whatever the input dtype."""
-    spec = S(16, 4, num_kv_heads=2)
-    a = make_inputs(spec, B=2, L_q=6, seed=4)
-    w = init_weights(spec, seed=4)
-    x = a["query"]
-    want = oracle.forward(spec, w, x, x, x)
-    errors = {name: np.abs(tb.forward(f(spec), w, x, None, None, dtype="float64", form="self") - want).max()
-              for name, f in FACTORIES.items()}
-    assert errors["sdpa"] < 1e-13, errors
-    assert 1e-10 < errors["eager"] < 1e-5, errors
+CASES = [(convert.BERT, bert_module, spec) for spec in BERT_SPECS] + \
+        [(convert.LLAMA, llama_module, spec) for spec in LLAMA_SPECS]
+
+
+@pytest.mark.parametrize("layout, module, spec", CASES, ids=lambda x: str(x) if isinstance(x, S) else "")
+def test_layout_is_the_modules_and_conversion_is_exact_both_ways(layout, module, spec):
+    own = {k: v.detach() for k, v in module(spec).state_dict().items() if "LayerNorm" not in k}
+    w = init_weights(spec, seed=1)
+    state = convert.to_state_dict(spec, w, layout)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in own.items()}
+    back = convert.from_state_dict(spec, state, layout)
+    for name in w:
+        np.testing.assert_array_equal(back[name], w[name], err_msg=name)
+    again = convert.to_state_dict(spec, convert.from_state_dict(spec, own, layout), layout)
+    for key in own:
+        np.testing.assert_array_equal(np.asarray(again[key]), own[key].numpy(), err_msg=key)
+
+
+def test_from_state_dict_names_a_misshapen_or_missing_key():
+    spec = BERT_SPECS[0]
+    state = convert.to_state_dict(spec, init_weights(spec), convert.BERT)
+    state["self.key.weight"] = state["self.key.weight"][:4]
+    with pytest.raises(ValueError, match=r"self\.key\.weight"):
+        convert.from_state_dict(spec, state, convert.BERT)
+    del state["output.dense.bias"]
+    state["self.key.weight"] = np.zeros((8, 8))
+    with pytest.raises(ValueError, match=r"output\.dense\.bias.*got None"):
+        convert.from_state_dict(spec, state, convert.BERT)
+
+
+def self_inputs(spec, seed: int = 0, mask: bool = True):
+    rng = np.random.default_rng(seed)
+    x, d_out = rng.standard_normal((B, L, spec.E)), rng.standard_normal((B, L, spec.E_o))
+    m = rng.random((B, 1, L, L)) > 0.3 if mask else None
+    if mask:  # every row keeps a key its causal/window rule allows
+        m[..., np.arange(L), oracle.structural_mask(spec, L, L).argmax(-1)] = True
+    return init_weights(spec, seed), x, d_out, m
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("extras", ["none", "mask+bias"])
+def test_self_attention_matches_oracle(name, index, extras):
+    spec, dtype = SPECS[name][index], ACCURATE[name]
+    w, x, d_out, mask = self_inputs(spec, mask=extras != "none")
+    bias = np.random.default_rng(1).standard_normal((L, L)) if extras != "none" else None
+    out, grads = tb.forward_and_vjp(FACTORIES[name](spec), w, x, x, x, d_out, mask, bias,
+                                    dtype=dtype, form="self")
+    want = oracle.vjp(spec, w, x, x, x, d_out, mask, bias)
+    want = {"query": want["query"] + want["key"] + want["value"],
+            **{n: g for n, g in want.items() if n not in ("query", "key", "value")}}
+    assert_close(f"{name} {spec} out", out, oracle.forward(spec, w, x, x, x, mask, bias), TOL[dtype])
+    assert_grads_close(f"{name} {spec}", grads, want, TOL[dtype])
+
+
+def test_llama_eager_is_only_float32_accurate_in_float64():
+    spec = LLAMA_SPECS[0]
+    w, x, _, mask = self_inputs(spec)
+    out = tb.forward(builtin.llama_attention_eager(spec), w, x, x, x, mask, dtype="float64",
+                     form="self")
+    want = oracle.forward(spec, w, x, x, x, mask)
+    err = np.abs(out - want).max() / np.abs(want).max()
+    assert 1e-12 < err < 1e-5, f"float64 relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name, dtype, observed", [
+    ("BertSelfAttention.eager", "float64", "uniform"), ("BertSelfAttention.sdpa", "float32", "zeros"),
+    ("LlamaAttention.eager", "float32", "uniform"), ("LlamaAttention.eager", "float64", "nan"),
+    ("LlamaAttention.sdpa", "float64", "zeros")])
+def test_a_row_with_no_visible_key_is_as_documented(name, dtype, observed):
+    spec = S(8, 2)
+    w, x, _, _ = self_inputs(spec, mask=False)
+    mask = np.ones((L, L), bool)
+    mask[1] = False
+    row = tb.forward(FACTORIES[name](spec), w, x, x, x, mask, dtype=dtype, form="self")[:, 1]
+    uniform = (x @ w["wv"] + w["bv"]).mean(axis=1) @ w["wo"] + w["bo"]
+    got = ("nan" if np.isnan(row).any() else "zeros" if np.allclose(row, w["bo"], atol=1e-4)
+           else "uniform" if np.allclose(row, uniform, atol=1e-4) else "other")
+    assert got == observed, f"{name} {dtype}: the empty row is {got}"
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_each_layer_declares_the_self_form(name):
+    from attnsuite.impls.calling import forms_of
+
+    assert forms_of(FACTORIES[name]) == ("self",)
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_three_tensors_are_unsupported_with_the_reason(name):
+    spec = SPECS[name][0]
+    w, x, _, _ = self_inputs(spec, mask=False)
+    with pytest.raises(Unsupported, match="self-attention .*this call passes three tensors"):
+        tb.forward(FACTORIES[name](spec), w, x, x, x.copy(), dtype="float32")
+
+
+@pytest.mark.parametrize("name, spec, why", [
+    ("BertSelfAttention.eager", S(8, 4, num_kv_heads=2), "grouped"),
+    ("BertSelfAttention.sdpa", S(8, 2, head_dim=3), "head size"),
+    ("BertSelfAttention.eager", S(8, 2, bias=False), "biases"),
+    ("BertSelfAttention.sdpa", S(8, 2, out_dim=4), "dense"),
+    ("LlamaAttention.eager", S(12, 3, head_dim=5), "even"),
+    ("LlamaAttention.sdpa", S(8, 2, value_head_dim=2), "one head_dim"),
+    ("LlamaAttention.eager", S(8, 2, scale=0.3), "scale"),
+    ("LlamaAttention.sdpa", S(8, 2, softcap=3.0), "softcap"),
+    ("LlamaAttention.eager", S(16, 6, num_kv_heads=2, head_dim=8), "LlamaConfig refuses"),
+    ("LlamaAttention.sdpa", S(8, 2, rope={"style": "interleaved"}), "half style"),
+    ("BertSelfAttention.sdpa", S(8, 2, rope={"style": "half"}), "rotary")])
+def test_refuses_what_the_layer_cannot_express(name, spec, why):
+    with pytest.raises(Unsupported, match=why):
+        FACTORIES[name](spec)
+
+
+def test_a_missing_library_is_unsupported_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(Unsupported, match=r"transformers is not available.*attnsuite\[ecosystem\]"):
+        builtin.bert_self_attention_eager(BERT_SPECS[0])
+
+
+@pytest.mark.parametrize("name", ["LlamaAttention.eager", "LlamaAttention.sdpa"])
+@pytest.mark.parametrize("spec", [S(16, 2, rope={"style": "half"}, causal="bottom_right"),
+                                  S(16, 4, num_kv_heads=2, rope={"style": "half", "theta": 500.0},
+                                    window=(2, 0))], ids=str)
+def test_its_own_rotary_embedding_matches_the_oracles_rope(name, spec):
+    """Llama's real LlamaRotaryEmbedding + apply_rotary_pos_emb against the oracle's RoPE:
+    an independent check of the half style (and of the adapter's positions)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, spec.E))
+    w = init_weights(spec, seed=5)
+    out = tb.forward(FACTORIES[name](spec), w, x, x, x, dtype="float32", form="self")
+    np.testing.assert_allclose(out, oracle.forward(spec, w, x, x, x), atol=3e-5, rtol=1e-4)
+    plain = oracle.forward(spec.replace(rope=None), w, x, x, x)
+    assert not np.allclose(out, plain, atol=1e-3), "RoPE made no difference"

@@ -1,122 +1,233 @@
-"""HF transformers' attention layers, judged through their real ``forward``.
+"""HF transformers' attention layers behind the suite's contract, through their real
+``forward``, under each attention implementation they dispatch to on a CPU.
 
-- ``llama_attention_{eager,sdpa}``: ``LlamaAttention`` under each attention implementation
-  the library dispatches to on CPU. A self-attention layer: it takes one tensor
-  (``forward(hidden_states, position_embeddings, attention_mask)``), so it declares the
-  ``self`` call form and the gate moves every case into it. Grouped heads, biases (all four
-  or none: ``attention_bias``), dropout (``attention_dropout``, in training mode) are its
-  own options; its causal rule is ``is_causal`` (SDPA) or, as HF's models do, the mask the
-  caller builds (``attnsuite.impls.masks``), where the window and the user's mask go too,
-  with an additive bias folded in. Positions: with the spec's ``rope`` (half style, the
-  whole head: Llama's own), the layer's real ``LlamaRotaryEmbedding``; without, cos = 1
-  and sin = 0, which makes its rotation the identity.
+- ``BertSelfAttention`` with ``BertSelfOutput``'s ``dense`` (no LayerNorm or residual).
+- ``LlamaAttention`` (grouped heads), with RoPE made the identity (cos = 1, sin = 0) until
+  the spec has positions.
 
-Weights come from the canonical ``params`` inside ``fn`` (``attnsuite.impls.convert
-.transformers``) through ``torch.func.functional_call``, so gradients reach them.
+Both take ONE input, ``hidden_states``: they declare the ``self`` call form
+(``attnsuite.impls.calling``), and the gate moves every case of a profile into it; each form
+a layer takes is one entry of its ``forms`` table, so the key-is-value form
+(``BertCrossAttention``) joins there. ``LlamaAttention`` takes positions as
+``position_embeddings``: for a spec with a half-style RoPE over the whole head, those of its
+own ``LlamaRotaryEmbedding``; without RoPE, cos = 1 and sin = 0 (the identity).
+
+The mask is what an HF model hands its layers (``attnsuite.impls.masks.visible_mask``):
+additive (0 / ``finfo(dtype).min``) under ``eager``; boolean (True = attend) under
+``sdpa``, or none with the layer's own ``is_causal`` when the mask is exactly top-left
+causal. An additive bias is added to that float mask, as HF's float masks are added to
+the logits. Configs are built in code; the modules live on the meta device and
+``torch.func.functional_call`` supplies the converted canonical params
+(``attnsuite.impls.convert.transformers``), so gradients reach them.
 """
 
 from __future__ import annotations
 
-import torch
-from torch.func import functional_call
+import math
+from typing import Callable
 
-from attnsuite.impls import oracle
+from attnsuite.impls.builtin.optional import library
 from attnsuite.impls.calling import call_forms
-from attnsuite.impls.convert.transformers import llama_state_dict
 from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.masks import visible_mask
 from attnsuite.impls.spec import AttentionSpec
 
+IMPLEMENTATIONS = ("eager", "sdpa")
 
-def _transformers():
+
+FORM_WORDS = {"self": "self-attention (one tensor as query, key and value)",
+              "kv": "key-is-value attention (query, and one memory as key and value)",
+              "qkv": "three tensors"}
+
+
+def call_form(query, key, value) -> str:
+    """How the suite called ``fn``: one tensor three times, key passed as value, or three."""
+    if query is key and key is value:
+        return "self"
+    return "kv" if key is value else "qkv"
+
+
+def _require(name: str, failures: list[tuple[bool, str]]) -> None:
+    for failing, why in failures:
+        if failing:
+            raise Unsupported(f"{name}: {why}")
+
+
+def _default_scale(spec: AttentionSpec) -> bool:
+    return spec.scale is None or math.isclose(spec.scale, 1 / math.sqrt(spec.d_k))
+
+
+def _attention_mask(spec, implementation, L_q, L_k, mask, bias, like, layer_is_causal):
+    """The ``attention_mask`` an HF model passes its layer, for the spec's visibility."""
+    import torch
+
+    exactly_causal = (spec.causal == "top_left" and spec.window is None and mask is None
+                      and bias is None)
+    if implementation == "sdpa" and bias is None:
+        if exactly_causal and layer_is_causal:
+            return None                      # sdpa_attention_forward sets is_causal itself
+        visible = visible_mask(spec, L_q, L_k, mask, rank=4, xp=torch)
+        if visible is None and layer_is_causal:  # no mask would make the layer causal
+            visible = torch.ones((1, 1, L_q, L_k), dtype=torch.bool, device=like.device)
+        return visible
+    additive = visible_mask(spec, L_q, L_k, mask, rank=4, additive=torch.finfo(like.dtype).min,
+                            dtype=like.dtype, xp=torch)
+    if bias is None:
+        return additive
+    return bias if additive is None else additive + bias
+
+
+def _factory(name: str, problems: Callable, build: Callable, forms: dict[str, Callable],
+             implementation: str):
+    """A factory for a layer: ``build(spec, implementation)`` gives its meta modules,
+    ``forms[form](modules, state, query, key, value, attention_mask)`` calls them."""
+    label = f'{name} (attn_implementation="{implementation}")'
+
+    def factory(spec: AttentionSpec):
+        library("transformers", label)  # a missing library is the reason for every spec
+        _require(label, problems(spec))
+        import torch
+
+        from attnsuite.impls.convert import transformers as convert
+        from attnsuite.impls.ours.torch import seeded
+
+        modules, layout, is_causal = build(spec, implementation)
+
+        def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
+            form = call_form(query, key, value)
+            if form not in forms:
+                raise Unsupported(f"{label}: takes {' or '.join(FORM_WORDS[f] for f in forms)} "
+                                  f"only; this call passes {FORM_WORDS[form]}")
+            attention_mask = _attention_mask(spec, implementation, query.shape[1], key.shape[1],
+                                             mask, bias, query, is_causal)
+            for module in modules.values():
+                module.train(training)
+            with seeded(seed if training else None, query.device):
+                return forms[form](modules, convert.to_state_dict(spec, params, layout),
+                                   query, key, value, attention_mask)
+
+        fn.layer = torch.nn.ModuleDict(modules)  # what the benchmark counts: every module used
+        return fn
+
+    return call_forms(*forms)(factory)
+
+
+# ---------------------------------------------------------------------------------------
+# BertSelfAttention + BertSelfOutput.dense
+
+BERT = "transformers.BertSelfAttention"
+
+
+def _bert_problems(spec: AttentionSpec) -> list[tuple[bool, str]]:
+    return [
+        (spec.H_kv != spec.H, "no grouped-query or multi-query attention"),
+        (spec.head_dim is not None or spec.value_head_dim is not None,
+         "head size is hidden_size / num_attention_heads"),
+        (spec.E_k != spec.E or spec.E_v != spec.E, "key and value have hidden_size features"),
+        (spec.E_o != spec.E, "the output dense maps hidden_size to hidden_size"),
+        (not spec.bias, "its Linear layers always have biases"),
+        (not _default_scale(spec), "no scale option: 1/sqrt(head size)"),
+        (spec.softcap is not None, "no logit softcap"),
+        (spec.rope is not None, "no rotary positions (BERT's positions are embeddings outside the layer)"),
+    ]
+
+
+def _config(make, **fields):
+    """A transformers config, or Unsupported with its own validation's reason."""
     try:
-        import transformers
-    except ImportError as exc:
-        raise Unsupported(f"transformers is not installed (pip install 'attnsuite[ecosystem]'): {exc}")
-    return transformers
-
-
-def _llama_problems(spec: AttentionSpec) -> list[str]:
-    problems = []
-    if spec.is_cross or spec.E_o != spec.E:
-        problems.append("one hidden size in and out (no kdim, vdim, out_dim)")
-    if spec.d_v != spec.d_k:
-        problems.append("value heads as large as query heads")
-    if spec.scale is not None:
-        problems.append("the logit scale is head_dim ** -0.5")
-    if spec.softcap is not None:
-        problems.append("no softcap")
-    if spec.rope is not None and (spec.rope.style != "half" or spec.rotary_dim != spec.d_k):
-        problems.append("RoPE in the half style over the whole head only")
-    return problems
-
-
-def _visibility(spec, L_q, L_k, mask, device):
-    """(B|1, H|1, L_q, L_k) bool: the causal and window rules with the user's mask."""
-    visible = torch.as_tensor(oracle.structural_mask(spec, L_q, L_k), device=device)
-    return visible if mask is None else visible & mask
-
-
-def _position_embeddings(layer_config, spec, x):
-    """(cos, sin), each (B, L, d_k): the layer's own rotary embedding, or the identity."""
-    B, L = x.shape[0], x.shape[1]
-    if spec.rope is None:
-        ones = torch.ones(B, L, spec.d_k, dtype=x.dtype, device=x.device)
-        return ones, torch.zeros_like(ones)
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-    positions = torch.arange(L, device=x.device)[None].expand(B, L)
-    return LlamaRotaryEmbedding(layer_config).to(x.device)(x, positions)
-
-
-def _llama(spec: AttentionSpec, implementation: str):
-    transformers = _transformers()
-    problems = _llama_problems(spec)
-    if problems:
-        raise Unsupported("LlamaAttention: " + "; ".join(problems))
-    try:
-        config = transformers.LlamaConfig(
-            hidden_size=spec.E, num_attention_heads=spec.H, num_key_value_heads=spec.H_kv,
-            head_dim=spec.d_k, attention_bias=spec.bias, attention_dropout=spec.dropout,
-            rope_parameters={"rope_type": "default",
-                             "rope_theta": spec.rope.theta if spec.rope else 10000.0})
-    except Exception as exc:   # its own validation: a configuration the layer cannot have
+        return make(**fields)
+    except Exception as exc:   # its validation: a configuration the layer cannot have
         reason = str(exc).strip().splitlines()[-1].strip()
-        raise Unsupported(f"LlamaConfig refuses it: {reason}") from exc
-    config._attn_implementation = implementation
-    with torch.device("meta"):   # functional_call supplies every weight
-        layer = transformers.models.llama.modeling_llama.LlamaAttention(config, layer_idx=0)
-
-    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        L = query.shape[1]
-        structured = spec.window is not None or mask is not None or bias is not None
-        # SDPA's is_causal is the layer's own causal option; everything else is a mask.
-        layer.is_causal = spec.causal is not None and not (structured or implementation == "eager")
-        attention_mask = None
-        if structured or (spec.causal is not None and not layer.is_causal):
-            visible = _visibility(spec, L, L, mask, query.device)
-            if implementation == "eager" or bias is not None:
-                # HF's own masks for eager attention: the dtype's lowest value where masked.
-                zero = torch.zeros((), dtype=query.dtype, device=query.device)
-                attention_mask = torch.where(visible, zero, torch.finfo(query.dtype).min)
-                if bias is not None:
-                    attention_mask = attention_mask + bias
-            else:
-                attention_mask = visible
-        layer.train(training)
-        if training:
-            torch.manual_seed(seed or 0)
-        out, _ = functional_call(layer, llama_state_dict(params),
-                                 (query,), {"position_embeddings": _position_embeddings(config, spec, query),
-                                            "attention_mask": attention_mask})
-        return out
-
-    return fn
+        raise Unsupported(f"{make.__name__} refuses it: {reason}") from exc
 
 
-@call_forms("self")
-def llama_attention_eager(spec: AttentionSpec):
-    return _llama(spec, "eager")
+def _bert_build(spec: AttentionSpec, implementation: str):
+    import torch
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertSelfAttention, BertSelfOutput
+
+    from attnsuite.impls.convert.transformers import BERT as layout
+
+    config = _config(BertConfig, hidden_size=spec.E, num_attention_heads=spec.H,
+                     attention_probs_dropout_prob=spec.dropout, hidden_dropout_prob=0.0,
+                     attn_implementation=implementation)
+    is_causal = spec.causal is not None
+    with torch.device("meta"):  # functional_call supplies every weight
+        modules = {"self": BertSelfAttention(config, is_causal=is_causal),
+                   "output": BertSelfOutput(config).dense}
+    return modules, layout, is_causal
 
 
-@call_forms("self")
-def llama_attention_sdpa(spec: AttentionSpec):
-    return _llama(spec, "sdpa")
+def _bert_self(modules, state, query, key, value, attention_mask):
+    from torch.func import functional_call
+
+    from attnsuite.impls.convert.transformers import submodule
+
+    heads, _ = functional_call(modules["self"], submodule(state, "self"), (query,),
+                               {"attention_mask": attention_mask})
+    return functional_call(modules["output"], submodule(state, "output.dense"), (heads,))
+
+
+# ---------------------------------------------------------------------------------------
+# LlamaAttention
+
+LLAMA = "transformers.LlamaAttention"
+
+
+def _llama_problems(spec: AttentionSpec) -> list[tuple[bool, str]]:
+    return [
+        (spec.d_v != spec.d_k, "one head_dim for query, key and value"),
+        (spec.d_k % 2, "head_dim must be even (its config validates RoPE, which rotates pairs)"),
+        (spec.E_k != spec.E or spec.E_v != spec.E, "key and value have hidden_size features"),
+        (spec.E_o != spec.E, "o_proj maps back to hidden_size"),
+        (not _default_scale(spec), "no scale option: 1/sqrt(head_dim)"),
+        (spec.softcap is not None, "no logit softcap"),
+        (spec.rope is not None and (spec.rope.style != "half" or spec.rotary_dim != spec.d_k),
+         "RoPE in the half style over the whole head only"),
+    ]
+
+
+def _llama_build(spec: AttentionSpec, implementation: str):
+    import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    from attnsuite.impls.convert.transformers import LLAMA as layout
+
+    theta = spec.rope.theta if spec.rope is not None else 10000.0
+    config = _config(LlamaConfig, hidden_size=spec.E, num_attention_heads=spec.H,
+                     num_key_value_heads=spec.H_kv, head_dim=spec.d_k,
+                     attention_bias=spec.bias, attention_dropout=spec.dropout,
+                     rope_parameters={"rope_type": "default", "rope_theta": theta},
+                     attn_implementation=implementation)
+    with torch.device("meta"):
+        module = LlamaAttention(config, layer_idx=0)
+    module.rope = spec.rope is not None   # read by _llama_self
+    return {"attn": module}, layout, module.is_causal
+
+
+def _llama_self(modules, state, query, key, value, attention_mask):
+    import torch
+    from torch.func import functional_call
+
+    attn = modules["attn"]
+    if attn.rope:   # its own rotary embedding, at positions 0 .. L-1
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        positions = torch.arange(query.shape[1], device=query.device)[None].expand(query.shape[:2])
+        cos, sin = LlamaRotaryEmbedding(attn.config).to(query.device)(query, positions)
+    else:           # RoPE as the identity: cos = 1, sin = 0 at every position
+        cos = torch.ones((*query.shape[:2], attn.head_dim), dtype=query.dtype, device=query.device)
+        sin = torch.zeros_like(cos)
+    out, _ = functional_call(attn, state, (query,), {"position_embeddings": (cos, sin),
+                                                    "attention_mask": attention_mask})
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The registered factories: one per layer and attention implementation.
+
+bert_self_attention_eager = _factory(BERT, _bert_problems, _bert_build, {"self": _bert_self}, "eager")
+bert_self_attention_sdpa = _factory(BERT, _bert_problems, _bert_build, {"self": _bert_self}, "sdpa")
+llama_attention_eager = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "eager")
+llama_attention_sdpa = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "sdpa")

@@ -1,36 +1,62 @@
-"""Canonical weights <-> HF transformers attention layers' own (``nn.Linear``: weight (out, in)).
+"""Canonical weights <-> HF transformers state dicts, both ways.
 
-``llama_state_dict`` gives the ``q_proj``/``k_proj``/``v_proj``/``o_proj`` entries of a
-``LlamaAttention`` (and of the layers that copy it: Mistral, Qwen2, ...), ``from_llama``
-reads them back; both exact, and differentiable (a transpose) for torch tensors, so an
-adapter can build the layer's weights from canonical ``params`` inside ``fn``. A key
-prefix (``model.layers.0.self_attn.``) reads one layer out of a whole checkpoint.
+Each layout maps a canonical projection letter to the ``nn.Linear`` that holds it, named
+as in the module's ``state_dict()``: ``weight`` (out, in), applied as ``x @ weight.T``,
+and ``bias`` (out,). Head h is the rows ``[h*d, (h+1)*d)``, the canonical columns, so
+every weight is transposed and every bias copied: exact, and differentiable on tensors.
+
+- ``BERT``: ``BertAttention`` (``bert.encoder.layer.N.attention.`` in a checkpoint): the
+  ``self`` attention's ``query``/``key``/``value`` and ``output.dense`` (its LayerNorm and
+  residual are not attention and not converted).
+- ``LLAMA``: ``LlamaAttention`` (``model.layers.N.self_attn.``): ``q_proj``, ``k_proj``,
+  ``v_proj``, ``o_proj`` (biases with ``attention_bias=True``).
 """
 
 from __future__ import annotations
 
-PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+import numpy as np
+
+from attnsuite.impls.spec import AttentionSpec
+from attnsuite.impls.weights import check_weights, weight_shapes
+
+BERT = {"q": "self.query", "k": "self.key", "v": "self.value", "o": "output.dense"}
+LLAMA = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+_LEAF = {"w": "weight", "b": "bias"}
 
 
-def _transpose(w):
-    return w.T
+def _key(name: str, layout: dict[str, str]) -> str:
+    return f"{layout[name[1]]}.{_LEAF[name[0]]}"
 
 
-def llama_state_dict(weights: dict, prefix: str = "") -> dict:
-    """Canonical (``x @ W``) weights -> ``{prefix}q_proj.weight`` (out, in), biases as they are."""
-    state = {}
-    for letter, module in PROJECTIONS.items():
-        state[f"{prefix}{module}.weight"] = _transpose(weights["w" + letter])
-        if "b" + letter in weights:
-            state[f"{prefix}{module}.bias"] = weights["b" + letter]
-    return state
+def to_state_dict(spec: AttentionSpec, weights, layout: dict[str, str]) -> dict:
+    """Canonical weights (NumPy arrays or tensors) -> the layout's state dict, same type."""
+    check_weights(spec, weights)
+    return {_key(name, layout): weights[name].T if name[0] == "w" else weights[name]
+            for name in weight_shapes(spec)}
 
 
-def from_llama(state: dict, prefix: str = "") -> dict:
-    """The inverse of ``llama_state_dict``: a LlamaAttention state dict -> canonical weights."""
+def from_state_dict(spec: AttentionSpec, state, layout: dict[str, str]) -> dict[str, np.ndarray]:
+    """A state dict in the layout (tensors or arrays; extra keys ignored) -> canonical NumPy."""
     weights = {}
-    for letter, module in PROJECTIONS.items():
-        weights["w" + letter] = _transpose(state[f"{prefix}{module}.weight"])
-        if f"{prefix}{module}.bias" in state:
-            weights["b" + letter] = state[f"{prefix}{module}.bias"]
+    for name, shape in weight_shapes(spec).items():
+        key = _key(name, layout)
+        value = state.get(key)
+        value = None if value is None else _numpy(value)
+        want = shape[::-1] if name[0] == "w" else shape
+        if value is None or value.shape != want:
+            raise ValueError(f"{key}: expected shape {want} for {spec}, "
+                             f"got {None if value is None else value.shape}")
+        weights[name] = value.T if name[0] == "w" else value
     return weights
+
+
+def submodule(state: dict, prefix: str) -> dict:
+    """The entries under ``prefix.`` with the prefix taken off (one module's own state)."""
+    start = len(prefix) + 1
+    return {key[start:]: value for key, value in state.items() if key.startswith(prefix + ".")}
+
+
+def _numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; torch itself is not needed otherwise
+        value = value.detach().cpu()
+    return np.asarray(value)
