@@ -78,8 +78,11 @@ def test_a_self_only_layer_is_judged_on_as_many_cases_as_a_three_input_one():
     plugins.CALLS.clear()
     run = check(["numpy.oracle", P + "self_only", P + "memory_only"], profile="default")
     oracle_impl, self_only, memory_only = run.implementations
-    judged_for_oracle = [c for c in run.cases if c.id in _judged_cases(oracle_impl)]
-    assert len(judged_for_oracle) >= 0.7 * len(run.cases)
+    # (decoding aside: these plug-ins declare none)
+    judged_for_oracle = [c for c in run.cases if c.id in _judged_cases(oracle_impl)
+                         and c.checks != ("decode",)]
+    numeric_numpy = {c.id for c in run.cases if c.dtype in ("float32", "float64") and c.checks == ("output", "grads")}
+    assert numeric_numpy <= {c.id for c in judged_for_oracle}   # NumPy runs no half precision
     for impl, form in ((self_only, "self"), (memory_only, "kv")):
         assert impl.verdict == "pass", [r.message for r in impl.failures()][:3]
         judged, mover = _judged_cases(impl), Subject("x", None, None, (form,))

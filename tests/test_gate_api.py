@@ -63,8 +63,11 @@ def test_failure_message_names_case_worst_element_bound_and_repro():
     result = check([P + "wrong_key_grad"], profile="quick", dtypes=F32)
     failures = result.implementations[0].failures()
     # Self-attention's one input gets the sum of the three gradients, the key's included.
-    assert failures and {r.check for r in failures} == {"grad.key", "grad.query"}
+    # The key gradient shows in grad.key, in grad.query where one tensor is all three
+    # (self form), and in grad.memory where one is key and value (kv form).
+    assert failures and {r.check for r in failures} == {"grad.key", "grad.query", "grad.memory"}
     assert all("self_attention" in r.tags for r in failures if r.check == "grad.query")
+    assert all("form_kv" in r.tags for r in failures if r.check == "grad.memory")
     message = failures[0].message
     case_id = failures[0].case_id
     for piece in (f"{P}wrong_key_grad :: {case_id} :: grad.key: FAIL", "AttentionSpec(", "seed=",
@@ -118,6 +121,7 @@ def test_xfails_turn_failures_into_xfail_and_passes_into_xpass():
     lines = [
         f"{P}wrong_key_grad::*::grad.key   # known: the key gradient is off by 1%",
         f"{P}wrong_key_grad::*-self-*::grad.query  # self-attention sums the key gradient in",
+        f"{P}wrong_key_grad::*-kv-*::grad.memory  # so does key-is-value",
         f"{P}wrong_key_grad::*::output     # wrongly expected to fail",
         "# a comment line", "",
         "torch.nothing::*                  # matches nothing in this run",
@@ -127,7 +131,7 @@ def test_xfails_turn_failures_into_xfail_and_passes_into_xpass():
     assert impl.verdict == "pass", [r.message for r in impl.failures()]
     xfail = [r for r in impl.results if r.status == "xfail"]
     xpass = [r for r in impl.results if r.status == "xpass"]
-    assert xfail and {r.check for r in xfail} == {"grad.key", "grad.query"}
+    assert xfail and {r.check for r in xfail} == {"grad.key", "grad.query", "grad.memory"}
     assert all("self_attention" in r.tags for r in xfail if r.check == "grad.query")
     assert all("known: the key gradient is off by 1%" in r.message for r in xfail
                if r.check == "grad.key")

@@ -300,8 +300,7 @@ def square_mask_read_as_key_by_query(spec):
 
 
 def last_partial_key_block_dropped(spec):
-    """A tiled softmax over blocks of 128 keys whose loop runs L_k // 128 times: the last
-    partial block is dropped once there are more than 128 keys."""
+    """A tiled softmax over 128-key blocks looping L_k // 128 times: a last partial block is lost."""
     block = 128
 
     class Layer(Attention):
