@@ -24,20 +24,20 @@ from typing import Iterable
 import numpy as np
 
 from attnsuite.impls import init_weights
+from attnsuite.impls.backends import DTYPES
 from attnsuite.impls.oracle import rounding, structural_mask, visibility
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.impls.weights import check_weights
 
-DTYPES = ("float64", "float32", "float16", "bfloat16")
 PROFILES = ("quick", "default", "full")
 MASK_KINDS = ("none", "all_visible", "batch", "head", "key_padding", "random", "2d",
               "fully_masked_rows")
 BIAS_KINDS = ("random", "alibi", "2d")
 STRESS_KINDS = ("large_logits", "masked_huge_values")
 NUMERIC = ("output", "grads")
-BEHAVIOUR = ("stateless", "deterministic", "dropout")
+BEHAVIOUR = ("stateless", "deterministic", "dropout", "contract")
 BEHAVIOUR_TAGS = {"stateless": "stateless", "deterministic": "deterministic",
-                  "dropout": "dropout_training"}
+                  "dropout": "dropout_training", "contract": "contract"}
 
 # A plain exp() overflows above log(max finite): the large-logit stress goes 1.5x past it.
 OVERFLOW_LOGIT = {"float64": math.log(np.finfo(np.float64).max),
@@ -378,6 +378,8 @@ class Recipe:
     default: tuple[str, ...] = F32        # its dtypes in the default profile (with the quick ones)
 
     def allowed_dtypes(self) -> tuple[str, ...]:
+        if self.checks == ("contract",):     # the output's dtype is checked in every dtype
+            return DTYPES
         if self.checks != NUMERIC:
             return F32_64
         if self.stress == "large_logits":
@@ -418,6 +420,8 @@ def _recipes() -> list[Recipe]:
         R(base, 2, 4, 4, checks=("stateless",), profile=q),
         R(gqa_br, 2, 4, 6, mask="random", checks=("deterministic",), profile=q),
         R(S(16, 1, bias=False, dropout=0.3), 8, 128, 16, checks=("dropout",), profile=q),
+        R(base, 2, 4, 5, mask="random", bias="random", checks=("contract",), profile=q,
+          quick=F32_64, default=ALL),
         # default
         R(S(32, 8), 2, 4, 6, default=F32_64),
         R(S(12, 3, head_dim=5), 2, 5, 4),
