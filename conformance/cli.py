@@ -27,6 +27,7 @@ from pathlib import Path
 from attnsuite import sanitize
 from attnsuite.conformance.cases import DTYPES, PROFILES
 from attnsuite.impls.registry import find_entry
+from attnsuite.options import int_in
 
 SHOWN_FAILURES = sanitize.SHOWN_FAILURES_TERMINAL
 SEED_LIMIT = 2**32      # case seeds are 32-bit
@@ -51,18 +52,6 @@ def _dtypes(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(
             f"unknown dtype {', '.join(unknown)} (one of {', '.join(DTYPES)})")
     return names
-
-
-def int_in(low: int, high: int | None = None):
-    """An argparse type: an int in [low, high)."""
-    def parse(text: str) -> int:
-        value = int(text)         # a ValueError: argparse says "invalid int value"
-        if value < low or (high is not None and value >= high):
-            bound = f"at least {low}" if high is None else f"from {low} to {high - 1}"
-            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
-        return value
-    parse.__name__ = "int"
-    return parse
 
 
 def _nearest_existing(path: Path) -> Path:
