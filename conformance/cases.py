@@ -422,6 +422,7 @@ def _recipes() -> list[Recipe]:
         R(S(16, 1, bias=False, dropout=0.3), 8, 128, 16, checks=("dropout",), profile=q),
         R(base, 2, 4, 5, mask="random", bias="random", checks=("contract",), profile=q,
           quick=F32_64, default=ALL),
+        R(base, 2, 4, 5, mask="key_padding", checks=("contract",), profile=q),   # layers without a bias
         # default
         R(S(32, 8), 2, 4, 6, default=F32_64),
         R(S(12, 3, head_dim=5), 2, 5, 4),
