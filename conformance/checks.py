@@ -218,7 +218,7 @@ def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str]) -> None:
     try:
         out, grads = backend.forward_and_vjp(*args, ref.d_out, **kwargs)
     except Unsupported as exc:
-        grads_problem = ("unsupported", f"gradients: {exc}")
+        grads_problem = ("unsupported", f"gradients: {exc}", {})
     except Exception as exc:
         grads_problem = ("error", f"gradients: forward_and_vjp raised {_raised(exc)}",
                          _traceback(exc))
@@ -237,16 +237,15 @@ def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str]) -> None:
     judge.comparison("output", tolerance.compare(
         out, ref.out, case.dtype, baseline=ref.base_out, valid=None if strict else ~rows), "output")
 
-    poisoned = False
-    poisoned = False
+    non_finite_grads = False
     if grads_problem:
         status, text, detail = grads_problem
         for check in grad_checks:
             judge.add(check, status, text, **detail)
     else:
-        poisoned = _judge_grads(judge, grads, ref, grad_checks)
+        non_finite_grads = _judge_grads(judge, grads, ref, grad_checks)
     if "fully_masked" in checks:
-        _fully_masked(judge, out, ref, poisoned)
+        _fully_masked(judge, out, ref, non_finite_grads)
 
 
 def _judge_grads(judge: _Judge, grads: dict, ref: Reference, grad_checks: list[str]) -> bool:
@@ -321,7 +320,7 @@ def _behaviour_name(counts: collections.Counter) -> str:
     return "mixed(" + ", ".join(f"{k}:{n}" for k, n in sorted(counts.items())) + ")"
 
 
-def _fully_masked(judge: _Judge, out, ref: Reference, poisoned: bool) -> None:
+def _fully_masked(judge: _Judge, out, ref: Reference, non_finite_grads: bool) -> None:
     out = np.asarray(out, dtype=np.float64)
     rows = int(ref.data.fully_masked.sum())
     if out.shape != ref.out.shape:
@@ -329,10 +328,10 @@ def _fully_masked(judge: _Judge, out, ref: Reference, poisoned: bool) -> None:
         return
     counts = classify_fully_masked(out, ref)
     behaviour = _behaviour_name(counts)
-    grads = "nan" if poisoned else "finite"
+    grads = "nan" if non_finite_grads else "finite"
     text = (f"{rows} of {ref.data.fully_masked.size} query rows see no key: {behaviour} "
             f"(spec: zeros); gradients {grads}")
-    conforms = behaviour == "zeros" and not poisoned
+    conforms = behaviour == "zeros" and not non_finite_grads
     status = "fail" if judge.options.strict_fully_masked and not conforms else "pass"
     judge.add("fully_masked", status, text, behaviour=behaviour, grads=grads, rows=rows)
 

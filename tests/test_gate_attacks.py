@@ -380,3 +380,11 @@ def test_a_non_tensor_output_is_named_not_an_attribute_error(name, text):
     for r in impl.results:
         assert r.status == "fail" and "AttributeError" not in r.message, r.message
         assert f"returned {text}" in r.message and "not a tensor of its framework" in r.message
+
+
+def test_an_implementation_without_gradients_is_still_judged_on_its_output():
+    impl = check([H + "forward_only"], profile="quick", dtypes=["float32"]).implementations[0]
+    assert impl.verdict == "pass", [r.message for r in impl.failures()]
+    statuses = {(r.check.split(".")[0], r.status) for r in impl.results}
+    assert ("output", "pass") in statuses and ("grad", "unsupported") in statuses
+    assert ("contract", "pass") in statuses

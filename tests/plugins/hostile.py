@@ -119,3 +119,13 @@ def torch_returns_list(spec):
 
 def torch_returns_none(spec):
     return lambda *a, **k: None
+
+
+def forward_only(spec):
+    """The right output and no ``.vjp``: NumPy has no gradients for it (not an attack: the
+    control for the paths the attacks take)."""
+    inner = _correct(spec)
+
+    def fn(params, query, key, value, mask=None, bias=None):
+        return inner(params, query, key, value, mask=mask, bias=bias)
+    return fn
