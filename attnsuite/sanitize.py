@@ -30,11 +30,14 @@ SUMMARY_CHARS = 200
 # Lines of a message the terminal shows without --traceback.
 TERMINAL_MESSAGE_LINES = 12
 
-# CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ESC \), and two-character escapes.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
+# ANSI escape sequences.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"               # CSI: ESC [ ... final byte
+                   r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"   # OSC: ESC ] ... BEL or ESC backslash
+                   r"|\x1b[@-Z\\-_]"                       # two-character escapes
+                   r"|\x9b[0-?]*[ -/]*[@-~]")                # CSI as one 8-bit byte
 # C0 and C1 control characters except tab and newline, and DEL.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# What XML 1.0 forbids (besides the characters _CONTROL removes): surrogates, U+FFFE, U+FFFF.
+# What XML 1.0 forbids: C0 controls but tab, newline and carriage return; surrogates; U+FFFE, U+FFFF.
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 

@@ -11,7 +11,9 @@ that the gate held.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +28,7 @@ import pytest
 from attnsuite import sanitize
 from attnsuite.bench import cli as bench_cli
 from attnsuite.bench import store
-from attnsuite.conformance import report, runner
+from attnsuite.conformance import runner
 from attnsuite.conformance.cli import main
 from attnsuite.conformance.runner import check
 from attnsuite.conformance.weights import load_weights, save_weights
@@ -86,7 +88,7 @@ def test_a_second_run_into_a_busy_report_folder_is_refused(tmp_path, capsys):
             print("held", flush=True)
             sys.stdin.read()
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+        env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert holder.stdout.readline().strip() == "held"
         assert main(["numpy.oracle", "-q", *ONE_CASE, "--report", str(folder)]) == 2
@@ -247,7 +249,6 @@ def _zip_bomb(path: Path, uncompressed: int) -> Path:
                 archive.writestr(f"{name}.npy", _npy_bytes(w))
         archive.writestr("spec.npy", _npy_bytes(np.array(json.dumps({"num_heads": 2}))))
         with archive.open("wq.npy", "w", force_zip64=True) as member:
-            import io
             head = io.BytesIO()
             header.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False,
                                                  "shape": (side, side)})
@@ -261,7 +262,6 @@ def _zip_bomb(path: Path, uncompressed: int) -> Path:
 
 
 def _npy_bytes(array) -> bytes:
-    import io
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
