@@ -6,7 +6,9 @@
     attnsuite bench compare OLD NEW [--threshold 0.1]
     attnsuite report DIR [DIR ...] [--out DIR]
 
-IMPL is a registered name (``attnsuite list``), ``all``, or ``FRAMEWORK:module:factory``.
+IMPL is a registered name (``attnsuite list``), ``all``, or ``FRAMEWORK:module:factory``
+(the module is found from the current directory, as ``attnsuite check`` finds it); a name
+that does not resolve is a usage error, before anything runs.
 MODE is ``natural`` (each framework as its users run it: eager NumPy/PyTorch,
 tf.function, jax.jit), ``all``, or any of eager / jit / xla.
 Exit status: 0 success, 1 a regression (compare) or no point measured, 2 a usage error.
@@ -28,6 +30,9 @@ from attnsuite.bench.flops import PASSES
 from attnsuite.bench.runner import Runner, expand_names, plan
 from attnsuite.bench.sweeps import COMPILE_MODES, SWEEPS, Config, sweep
 from attnsuite.impls.backends import DTYPES
+from attnsuite.impls.errors import PluginError
+from attnsuite.impls.registry import find_entry
+from attnsuite.options import int_in
 
 console = Console(stderr=True)  # progress and messages
 # Result tables go to stdout, wide enough not to wrap when it is not a terminal.
@@ -52,7 +57,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="+", default=["natural"], choices=["natural", "all", *COMPILE_MODES])
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="results directory (appended to)")
     p.add_argument("--machine", help="name of this machine in the results (default: host name)")
-    p.add_argument("--threads", type=int, help="cap every framework's CPU threads (default: theirs)")
+    p.add_argument("--threads", type=int_in(1), help="cap every framework's CPU threads (default: theirs)")
     return p
 
 
@@ -81,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args) -> int:
+    for name in expand_names(args.impls):   # as `attnsuite check`: a misspelt name runs nothing
+        try:
+            find_entry(name)
+        except PluginError as exc:
+            raise _UsageError(f"attnsuite bench: {exc}") from exc
     try:
         configs, budget = sweep(args.sweep, args.device, args.dtype)
     except ValueError as exc:  # a GPU sweep asked of the CPU

@@ -140,7 +140,9 @@ class Runner:
     def _worker_env(self, framework: str, extra_env: dict, device: str) -> dict:
         env = dict(os.environ, **FRAMEWORK_ENV.get(framework, {}), **thread_env(framework, self.threads),
                    **extra_env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(environment.REPO_ROOT), env.get("PYTHONPATH")]))
+        # Plug-in modules resolve from the caller's directory, as in `attnsuite check`.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(environment.REPO_ROOT), os.getcwd(),
+                                                          env.get("PYTHONPATH")]))
         if device == "cpu":  # a CPU run must not touch (or preallocate) a GPU
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env

@@ -27,21 +27,21 @@ import numpy as np
 from attnsuite.impls import init_weights
 from attnsuite.conformance.case_ids import parse_case_id
 from attnsuite.conformance.pairwise import covering_array
+from attnsuite.impls.backends import DTYPES
 from attnsuite.impls.calling import FORMS
 from attnsuite.impls.oracle import rounding, structural_mask, visibility
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.impls.weights import check_weights
 
-DTYPES = ("float64", "float32", "float16", "bfloat16")
 PROFILES = ("quick", "default", "full")
 MASK_KINDS = ("none", "all_visible", "batch", "head", "key_padding", "random", "2d",
               "fully_masked_rows")
 BIAS_KINDS = ("random", "alibi", "2d")
 STRESS_KINDS = ("large_logits", "masked_huge_values")
 NUMERIC = ("output", "grads")
-BEHAVIOUR = ("stateless", "deterministic", "dropout", "decode")
+BEHAVIOUR = ("stateless", "deterministic", "dropout", "contract", "decode")
 BEHAVIOUR_TAGS = {"stateless": "stateless", "deterministic": "deterministic",
-                  "dropout": "dropout_training", "decode": "decode"}
+                  "dropout": "dropout_training", "contract": "contract", "decode": "decode"}
 
 # A plain exp() overflows above log(max finite): the large-logit stress goes 1.5x past it.
 OVERFLOW_LOGIT = {"float64": math.log(np.finfo(np.float64).max),
@@ -428,7 +428,9 @@ class Recipe:
     only: tuple[str, ...] | None = None   # its dtypes in the default and full profiles, if set
 
     def allowed_dtypes(self) -> tuple[str, ...]:
-        if self.checks not in (NUMERIC, ("decode",)):
+        if self.checks in (("contract",), ("decode",)):   # both judged in every dtype
+            return DTYPES
+        if self.checks != NUMERIC:
             return F32_64
         if self.stress == "large_logits":
             # bfloat16's logits near 133 are spaced by 1: its plain computation is noise.
@@ -479,6 +481,9 @@ def _recipes() -> list[Recipe]:
         R(S(24, 6, num_kv_heads=2, causal="top_left"), 2, 5, 5, profile=q),
         R(base, 2, 5, 5, mask="2d", profile=q),
         R(base, 1, 3, 150, profile=q),
+        R(base, 2, 4, 5, mask="random", bias="random", checks=("contract",), profile=q,
+          quick=F32_64, default=ALL),
+        R(base, 2, 4, 5, mask="key_padding", checks=("contract",), profile=q),   # layers without a bias
         # default
         R(S(32, 8), 2, 4, 6, default=F32_64),
         R(S(12, 3, head_dim=5), 2, 5, 4),

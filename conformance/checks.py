@@ -6,13 +6,20 @@
   and "fully_masked" where some query row sees no key;
 - behaviour cases: "stateless" (a second call with new weights, inputs and lengths, then
   the first inputs again), "deterministic" (two calls, identical bits), "dropout"
-  (training mode: the drop rate and the 1/(1-p) scaling).
+  (training mode: the drop rate and the 1/(1-p) scaling), "contract" (the call itself:
+  inputs and params left as they were, a tensor of the framework returned, of the
+  inputs' dtype).
 
-A query row with no visible key is left out of the ordinary comparison (and its
-cotangent zeroed), and what the implementation does there is classified into the
+A query row with no visible key is left out of the ordinary comparison of the output (and
+its cotangent zeroed), and what the implementation does there is classified into the
 behaviour matrix: zeros (the spec's rule), uniform (the mean of every value),
 unmasked (attention that ignores the mask), nan, or other. With ``strict_fully_masked``
-those rows are compared like any other and a behaviour other than zeros fails.
+those rows are compared like any other and a behaviour other than zeros fails. The
+gradients are compared whole either way (the spec says no gradient flows back through
+such a row, which the zeroed cotangent gives): NaN or Inf in any of them fails.
+
+An exception raised by the implementation is reported with its whole message (capped at
+``sanitize.MESSAGE_CHARS``), and its traceback is kept in the result's ``detail``.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ import collections
 import dataclasses
 import inspect
 import math
+import traceback
 from types import ModuleType
 from typing import Callable
 
 import numpy as np
 
+from attnsuite import sanitize
 from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC, Case, CaseData
 from attnsuite.conformance.decode import judge_decode
@@ -148,7 +157,7 @@ class _Judge:
     def add(self, check: str, status: str, text: str, ratio=None, **detail) -> None:
         if status in ("fail", "error"):
             text = "\n".join([f"{self.subject.name} :: {self.case.id} :: {check}: {status.upper()}",
-                              f"  case: {self.case.describe()}", f"  {text}",
+                              f"  case: {self.case.describe()}", "  " + text.replace("\n", "\n  "),
                               f"  {self.options.reproduce(self.subject.name, self.case)}"])
         self.results.append(CheckResult(self.case.id, check, status, text, self.case.tags,
                                         ratio, detail))
@@ -159,15 +168,21 @@ class _Judge:
         self.add(check, "pass" if comparison.ok else "fail", text,
                  comparison.ratio, **comparison.worst(), **detail)
 
-    def all(self, checks, status: str, text: str) -> list[CheckResult]:
+    def all(self, checks, status: str, text: str, **detail) -> list[CheckResult]:
         for check in checks:
-            self.add(check, status, text)
+            self.add(check, status, text, **detail)
         return self.results
 
 
 def _raised(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+    """The exception's type and its whole message (the reason often sits on a later line)."""
+    return f"{type(exc).__name__}: {sanitize.capped(str(exc).strip())}"
+
+
+def _traceback(exc: BaseException) -> dict:
+    """``detail`` entries for an exception: its traceback, for reports and ``--traceback``."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"traceback": sanitize.capped(text)}
 
 
 def _run_args(case: Case, options: Options) -> dict:
@@ -186,16 +201,17 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options,
     except Unsupported as exc:
         return judge.all(checks, "unsupported", f"factory: {exc}")
     except Exception as exc:
-        return judge.all(checks, "error", f"factory({case.spec}) raised {_raised(exc)}")
+        return judge.all(checks, "error", f"factory({case.spec}) raised {_raised(exc)}",
+                         **_traceback(exc))
     behaviour = {"stateless": _stateless, "deterministic": _deterministic, "dropout": _dropout,
-                 "decode": judge_decode}
+                 "contract": _contract, "decode": judge_decode}
     if case.checks != NUMERIC:
         try:
             behaviour[case.checks[0]](judge, fn, ref)
         except Unsupported as exc:
             judge.add(case.checks[0], "unsupported", str(exc))
         except Exception as exc:
-            judge.add(case.checks[0], "error", f"raised {_raised(exc)}")
+            _report_raised(judge, [case.checks[0]], fn, ref.data, exc)
         return judge.results
     _numeric(judge, fn, ref, checks, outputs)
     return judge.results
@@ -210,9 +226,10 @@ def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str], outputs=None)
     try:
         out, grads = backend.forward_and_vjp(*args, ref.d_out, **kwargs)
     except Unsupported as exc:
-        grads_problem = ("unsupported", f"gradients: {exc}")
+        grads_problem = ("unsupported", f"gradients: {exc}", {})
     except Exception as exc:
-        grads_problem = ("error", f"gradients: forward_and_vjp raised {_raised(exc)}")
+        grads_problem = ("error", f"gradients: forward_and_vjp raised {_raised(exc)}",
+                         _traceback(exc))
     if grads is None:
         try:
             out = backend.forward(*args, **kwargs)
@@ -220,7 +237,7 @@ def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str], outputs=None)
             judge.all(checks, "unsupported", str(exc))
             return
         except Exception as exc:
-            judge.all(checks, "error", f"raised {_raised(exc)}")
+            _report_raised(judge, checks, fn, data, exc)
             return
     if outputs is not None:
         outputs[case.id] = (out, grads)
@@ -230,22 +247,22 @@ def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str], outputs=None)
     judge.comparison("output", tolerance.compare(
         out, ref.out, case.dtype, baseline=ref.base_out, valid=None if strict else ~rows), "output")
 
-    poisoned = False
+    non_finite_grads = False
     if grads_problem:
+        status, text, detail = grads_problem
         for check in grad_checks:
-            judge.add(check, *grads_problem)
+            judge.add(check, status, text, **detail)
     else:
-        poisoned = _judge_grads(judge, grads, ref, grad_checks)
+        non_finite_grads = _judge_grads(judge, grads, ref, grad_checks)
     if "fully_masked" in checks:
-        _fully_masked(judge, out, ref, poisoned)
+        _fully_masked(judge, out, ref, non_finite_grads)
 
 
 def _judge_grads(judge: _Judge, grads: dict, ref: Reference, grad_checks: list[str]) -> bool:
-    """Compare every gradient; returns whether fully-masked rows poisoned them with NaN."""
+    """Compare every gradient, every element; returns whether any held NaN or Inf."""
     case = judge.case
-    forgiving = ref.data.fully_masked.any() and not judge.options.strict_fully_masked
     gradient_scale = max(float(np.abs(g).max(initial=0.0)) for g in ref.grads.values())
-    poisoned = False
+    non_finite = False
     for check in grad_checks:
         name = check.removeprefix("grad.")
         if name not in grads:
@@ -253,18 +270,15 @@ def _judge_grads(judge: _Judge, grads: dict, ref: Reference, grad_checks: list[s
                       f"(got {sorted(grads)})")
             continue
         actual = np.asarray(grads[name], dtype=np.float64)
-        valid, note = None, ""
-        if forgiving and actual.shape == ref.grads[name].shape and not np.isfinite(actual).all():
-            # NaN from rows with no visible key: recorded under fully_masked, judged elsewhere.
-            valid = np.isfinite(actual)
-            poisoned = True
-            note = (f" [{int((~valid).sum())} of {actual.size} elements non-finite, attributed to "
-                    f"the fully-masked rows; not compared]")
+        note = ""
+        if actual.shape == ref.grads[name].shape and not np.isfinite(actual).all():
+            non_finite = True
+            note = f" [{int((~np.isfinite(actual)).sum())} of {actual.size} elements non-finite]"
         judge.comparison(check, tolerance.compare(
             actual, ref.grads[name], case.dtype,
             baseline=None if ref.base_grads is None else ref.base_grads[name], gradient=True,
-            scale_floor=gradient_scale, absolute=name == "bk", valid=valid), f"gradient {name!r}", note)
-    return poisoned
+            scale_floor=gradient_scale, absolute=name == "bk"), f"gradient {name!r}", note)
+    return non_finite
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,7 +330,7 @@ def _behaviour_name(counts: collections.Counter) -> str:
     return "mixed(" + ", ".join(f"{k}:{n}" for k, n in sorted(counts.items())) + ")"
 
 
-def _fully_masked(judge: _Judge, out, ref: Reference, poisoned: bool) -> None:
+def _fully_masked(judge: _Judge, out, ref: Reference, non_finite_grads: bool) -> None:
     out = np.asarray(out, dtype=np.float64)
     rows = int(ref.data.fully_masked.sum())
     if out.shape != ref.out.shape:
@@ -324,10 +338,10 @@ def _fully_masked(judge: _Judge, out, ref: Reference, poisoned: bool) -> None:
         return
     counts = classify_fully_masked(out, ref)
     behaviour = _behaviour_name(counts)
-    grads = "nan" if poisoned else "finite"
+    grads = "nan" if non_finite_grads else "finite"
     text = (f"{rows} of {ref.data.fully_masked.size} query rows see no key: {behaviour} "
             f"(spec: zeros); gradients {grads}")
-    conforms = behaviour == "zeros" and not poisoned
+    conforms = behaviour == "zeros" and not non_finite_grads
     status = "fail" if judge.options.strict_fully_masked and not conforms else "pass"
     judge.add("fully_masked", status, text, behaviour=behaviour, grads=grads, rows=rows)
 
@@ -452,3 +466,93 @@ def _dropout(judge: _Judge, fn, ref: Reference) -> None:
         return
     judge.add("dropout", "pass", f"drop rate {rate:.4f} (p={p}), kept weights scaled by 1/(1-p)",
               abs(rate - p) / DROPOUT_RATE_SLACK, **detail)
+
+
+# ---------------------------------------------------------------------------------------
+# The calling contract (SPEC 5): what the fn does to its arguments and what it returns.
+
+class ContractBroken(Exception):
+    """The fn returned something the adapter cannot take: not a tensor of its framework."""
+
+
+class _Spy:
+    """Stands in for ``fn`` in the adapter's call: notes every argument the fn changed in
+    place, and what it returned (``ContractBroken`` when that is not a tensor of the
+    framework, before the adapter trips over it)."""
+
+    def __init__(self, fn, backend):
+        self.fn, self.backend = fn, backend
+        self.changed: list[str] = []
+        self.dtypes: tuple | None = None        # (returned, expected)
+
+    def __call__(self, params, query, key, value, mask=None, bias=None, **kwargs):
+        arguments = {"query": query, "key": key, "value": value, "mask": mask, "bias": bias,
+                     **{f"params[{name!r}]": t for name, t in params.items()}}
+        arguments = {name: t for name, t in arguments.items() if t is not None}
+        before = {name: self.backend.to_numpy(t).copy() for name, t in arguments.items()}
+        out = self.fn(params, query, key, value, mask=mask, bias=bias, **kwargs)
+        self.changed = [name for name, t in arguments.items()
+                        if not _same(self.backend.to_numpy(t), before[name])]
+        problem = not_a_tensor(out, query)
+        if problem:
+            raise ContractBroken(problem)
+        self.dtypes = (out.dtype, query.dtype)
+        return out
+
+
+def _same(after: np.ndarray, before: np.ndarray) -> bool:
+    return after.shape == before.shape and np.array_equal(after, before, equal_nan=True)
+
+
+def not_a_tensor(out, like) -> str | None:
+    """Why ``out`` is not a tensor of the framework ``like`` (an input it was handed) is
+    from, or None. A subclass, or a type that shares a base with ``like``'s, is one."""
+    expected = type(like)
+    bases = set(expected.__mro__) - {object}
+    if isinstance(out, expected) or bases & set(type(out).__mro__):
+        return None
+    what = "None" if out is None else f"a {type(out).__module__}.{type(out).__qualname__}"
+    return (f"the fn returned {what}, not a tensor of its framework "
+            f"({expected.__module__}.{expected.__qualname__})")
+
+
+def _contract(judge: _Judge, fn, ref: Reference) -> None:
+    data = ref.data
+    spy = _Spy(fn, judge.subject.backend)
+    try:
+        judge.subject.backend.forward(spy, data.weights, data.query, data.key, data.value,
+                                      data.mask, data.bias, **_run_args(judge.case, judge.options))
+    except ContractBroken as exc:
+        judge.add("contract", "fail", str(exc))
+        return
+    problems = []
+    if spy.changed:
+        problems.append(f"the fn changed its arguments in place: {', '.join(spy.changed)} "
+                        f"(the caller's tensors must be left as they were)")
+    returned, expected = spy.dtypes
+    if returned != expected:
+        problems.append(f"the fn returned dtype {returned} for inputs of dtype {expected}")
+    if problems:
+        judge.add("contract", "fail", "; ".join(problems))
+        return
+    judge.add("contract", "pass", "arguments left unchanged; a tensor of the framework "
+              "returned, of the inputs' dtype")
+
+
+def _report_raised(judge: _Judge, checks, fn, data: CaseData, exc: Exception) -> None:
+    """An exception from the adapter's call: a contract failure when the fn returned what
+    the adapter cannot take (a list, None: the adapter's own AttributeError says nothing),
+    otherwise an error with the exception's whole message and its traceback."""
+    if not isinstance(exc, ContractBroken):
+        try:
+            judge.subject.backend.forward(_Spy(fn, judge.subject.backend), data.weights,
+                                          data.query, data.key, data.value, data.mask,
+                                          data.bias, **_run_args(judge.case, judge.options))
+        except ContractBroken as broken:
+            exc = broken
+        except Exception:
+            pass
+    if isinstance(exc, ContractBroken):
+        judge.all(checks, "fail", f"contract: {exc}")
+    else:
+        judge.all(checks, "error", f"raised {_raised(exc)}", **_traceback(exc))

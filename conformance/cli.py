@@ -3,7 +3,8 @@
     attnsuite check IMPL [IMPL ...] [--profile quick|default|full] [--dtype D[,D]]
                     [--device cpu|gpu] [--report DIR] [--junit-xml FILE] [--weights FILE]
                     [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N]
-                    [--no-diagnose] [-q]
+                    [--generated N] [--min-coverage P] [--no-diagnose] [--jobs N]
+                    [--traceback] [-q]
 
 IMPL is a registered name (``attnsuite list``) or ``FRAMEWORK:module.path:factory``
 (the module is found from the current directory, as with ``python -m``). All the
@@ -11,18 +12,26 @@ implementations of a run are judged in one process per framework (start-up paid 
 
 Exit status: 0 when every implementation passes (unsupported checks are not failures),
 1 when any fails or errors (a plug-in that does not import is an error), 2 for a usage
-error (unknown option, implementation name, case, unreadable --weights or --xfails).
+error (unknown option, implementation name, case, unreadable --weights or --xfails, a
+--report or --junit-xml place that cannot be written, a --report folder another run is
+writing): usage errors are found before any implementation runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from pathlib import Path
 
+from attnsuite import sanitize
 from attnsuite.conformance.cases import DTYPES, PROFILES
 from attnsuite.impls.registry import find_entry
+from attnsuite.options import int_in
 
-SHOWN_FAILURES = 5
+SHOWN_FAILURES = sanitize.SHOWN_FAILURES_TERMINAL
+SEED_LIMIT = 2**32      # case seeds are 32-bit
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +45,9 @@ class _UsageError(Exception):
 
 
 def _dtypes(text: str) -> list[str]:
-    names = [d.strip() for d in text.split(",") if d.strip()]
+    names = [d.strip() for d in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty dtype in {text!r} (one of {', '.join(DTYPES)})")
     unknown = [d for d in names if d not in DTYPES]
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -44,20 +55,28 @@ def _dtypes(text: str) -> list[str]:
     return names
 
 
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of cases (an int >= 0)")
-    return int(text)
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
-def _percent(text: str) -> float:
+def check_output_file(option: str, path: str) -> None:
+    """A file the run will write: not a folder, in a place that can be written (probed by
+    creating and removing a file there, which also holds for root and read-only mounts)."""
+    target = Path(path)
+    if target.is_dir():
+        raise _UsageError(f"{option} {path}: is a directory, a file is wanted")
+    folder = _nearest_existing(target.parent)
+    if not folder.is_dir():
+        raise _UsageError(f"{option} {path}: {folder} is not a directory")
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 100:   # False for NaN as well
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
-    return value / 100
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnsuite-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _UsageError(f"{option} {path}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,21 +103,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows with no visible key must follow the spec (zeros), or fail")
     p.add_argument("--case", action="append", metavar="ID",
                    help="only this case (any profile's id, or an fnmatch pattern); repeatable")
-    p.add_argument("--seed", type=int, default=0, help="shifts every case's seed (default 0)")
-    p.add_argument("--generated", type=_count, default=0, metavar="N",
+    p.add_argument("--seed", type=int_in(0, SEED_LIMIT), default=0,
+                   help="shifts every case's seed (default 0)")
+    p.add_argument("--jobs", type=int_in(1), default=None,
+                   help="framework processes at once (default: cores)")
+    p.add_argument("--generated", type=int_in(0), default=0, metavar="N",
                    help="also N generated cases (drawn from --seed; each id carries its own "
                         "seed, so --case ID reproduces one)")
-    p.add_argument("--jobs", type=int, default=None, help="framework processes at once (default: cores)")
     p.add_argument("--min-coverage", type=_percent, metavar="P",
                    help="fail an implementation judged on less than P%% of the checks it was "
                         "given (default: only warn below 50%%)")
     p.add_argument("--no-diagnose", action="store_true",
                    help="do not look for the likely bug of a failing implementation")
+    p.add_argument("--traceback", action="store_true",
+                   help="print failure messages whole, with the traceback where an implementation raised")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the verdict only")
     return p
 
 
-def _summary_lines(run, quiet: bool) -> list[str]:
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 100:   # False for NaN as well
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
+    return value / 100
+
+
+def _shown(message: str, full: bool) -> str:
+    """A failure message for the terminal: cleaned, and cut to its first lines unless ``full``."""
+    lines = sanitize.terminal(message).split("\n")
+    limit = sanitize.TERMINAL_MESSAGE_LINES
+    if full or len(lines) <= limit:
+        return "\n".join(lines)
+    return "\n".join(lines[:limit] + [f"  ... {len(lines) - limit} more lines (--traceback, or "
+                                       f"--report DIR, shows them)"])
+
+
+def _with_traceback(result, full: bool) -> str:
+    trace = result.detail.get("traceback") if full and isinstance(result.detail, dict) else None
+    return _shown(result.message + (f"\n{trace}" if trace else ""), full)
+
+
+def _summary_lines(run, quiet: bool, full: bool = False) -> list[str]:
     from attnsuite.conformance.diagnosis import cause_lines
 
     lines = []
@@ -113,34 +161,54 @@ def _summary_lines(run, quiet: bool) -> list[str]:
             lines.append(f"{impl.verdict.upper():5} {impl.name:{width}}  {shown}{worst_text}, "
                          f"{impl.coverage().percent()} judged ({impl.seconds:.1f}s)")
         if impl.reason:
-            lines.append(f"      {impl.reason}")
-        lines += [f"      {line}" for line in cause_lines(impl)]
+            lines.append(f"      {_shown(impl.reason, full)}")
+        lines += [f"      {sanitize.terminal(line)}" for line in cause_lines(impl)]
     for impl in run.implementations:
         failures = impl.failures()
         for r in failures[:SHOWN_FAILURES]:
-            lines += ["", r.message]
+            lines += ["", _with_traceback(r, full)]
         if len(failures) > SHOWN_FAILURES:
             lines += ["", f"{impl.name}: {len(failures) - SHOWN_FAILURES} more failures "
                       f"(--report DIR for all of them)"]
         if not quiet:
             for r in impl.results:
                 if r.status == "xpass":
-                    lines += ["", r.message]
+                    lines += ["", _shown(r.message, full)]
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    from attnsuite.conformance import report
+
+    lock = None
     try:
         args = parser.parse_args(argv)
         for name in args.impls:       # a misspelt name is a usage error; a broken module is not
             find_entry(name)
-    except (_UsageError, ValueError) as exc:   # ValueError: a PluginError from find_entry
-        print(f"attnsuite check: error: {exc}", file=sys.stderr)
+        if args.junit_xml:
+            check_output_file("--junit-xml", args.junit_xml)
+        if args.report:
+            if Path(args.report).exists() and not Path(args.report).is_dir():
+                raise _UsageError(f"--report {args.report}: is a file, a directory is wanted")
+            try:
+                lock = report.ReportLock(args.report).acquire()
+            except OSError as exc:
+                raise _UsageError(f"--report {args.report}: cannot write there: "
+                                  f"{exc.strerror or exc}") from None
+    except (_UsageError, ValueError, report.ReportBusy) as exc:   # ValueError: a PluginError
+        print(f"attnsuite check: error: {sanitize.terminal(str(exc))}", file=sys.stderr)
         return 2
     except SystemExit as exc:         # --help
         return int(exc.code or 0)
+    try:
+        return _run(args)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run(args) -> int:
     from attnsuite.conformance import report
     from attnsuite.conformance.runner import check
 
@@ -154,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                     min_coverage=args.min_coverage, generated=args.generated,
                     diagnose=not args.no_diagnose)
     except ValueError as exc:
-        print(f"attnsuite check: error: {exc}", file=sys.stderr)
+        print(f"attnsuite check: error: {sanitize.terminal(str(exc))}", file=sys.stderr)
         return 2
     for warning in run.warnings:
-        print(f"attnsuite check: warning: {warning}", file=sys.stderr)
-    lines = _summary_lines(run, args.quiet)
+        print(f"attnsuite check: warning: {sanitize.terminal(warning)}", file=sys.stderr)
+    lines = _summary_lines(run, args.quiet, args.traceback)
     if lines:
         print("\n".join(lines))
     if args.report:

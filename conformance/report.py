@@ -1,6 +1,9 @@
 """Reports of a run: ``conformance.json``, ``conformance.md``, ``conformance.html`` and
 JUnit XML. Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``): an interrupted run leaves the previous report or none, never half a file.
+A run holds a lock on its report folder (``ReportLock``, taken before any work by
+``attnsuite check``): a second run into the same folder is refused rather than mixed in.
+Messages are kept whole, made safe for each medium by ``attnsuite.sanitize``.
 
 The matrix has one row per implementation and one column per check family (output,
 gradients, fully-masked rows, stateless, deterministic, dropout); a cell gives the status,
@@ -11,20 +14,23 @@ does on rows with no visible key, per dtype.
 
 from __future__ import annotations
 
-import html
+import fcntl
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from attnsuite import sanitize
 from attnsuite.files import atomic_write_text
 from attnsuite.conformance.cases import DTYPES
 from attnsuite.conformance.checks import CheckResult
 from attnsuite.conformance.diagnosis import cause_lines
 from attnsuite.conformance.runner import FAILING, ImplResult, RunResult
 
-FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout")
-SHOWN_FAILURES = 20
+FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout", "contract")
+SHOWN_FAILURES = sanitize.SHOWN_FAILURES_REPORT
+LOCK_NAME = ".conformance.lock"
 
 
 def family(check: str) -> str:
@@ -145,8 +151,7 @@ def attribution(impl: ImplResult, top: int = 6) -> list[str]:
 # Markdown and HTML
 
 def _md_table(header, rows) -> str:
-    def esc(x):
-        return str(x).replace("|", "\\|")
+    esc = sanitize.markdown_inline
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
     return "\n".join(lines)
@@ -202,7 +207,8 @@ def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str], l
 
 def to_markdown(run: RunResult) -> str:
     verdict = "PASS" if run.ok else "FAIL"
-    out = [f"# attnsuite conformance: {verdict}", "", *_environment_lines(run.environment), "",
+    environment = [sanitize.markdown_inline(line) for line in _environment_lines(run.environment)]
+    out = [f"# attnsuite conformance: {verdict}", "", *environment, "",
            "Cells: status, worst error ratio (error / bound; above 1 fails), unsupported apart.", "",
            _md_table(*matrix(run)), ""]
     header, rows = behaviour_matrix(run)
@@ -213,14 +219,14 @@ def to_markdown(run: RunResult) -> str:
     out += ["## Coverage", "", "A check an implementation declines (unsupported) is not judged.",
             "", _md_table(*coverage_rows(run)), ""]
     for warning in run.warnings:
-        out.append(f"> warning: {warning}")
+        out.append(f"> warning: {sanitize.markdown_inline(warning)}")
     for name, tags, messages, cause in _failure_sections(run):
-        out += [f"## {name}", ""]
+        out += [f"## {sanitize.markdown_inline(name)}", ""]
         if cause:
-            out += ["\n".join(cause), ""]
+            out += ["\n\n".join(sanitize.markdown_inline(line) for line in cause), ""]
         if tags:
-            out += ["Failures concentrate in: " + "; ".join(tags), ""]
-        out += ["```", *messages, "```", ""]
+            out += ["Failures concentrate in: " + sanitize.markdown_inline("; ".join(tags)), ""]
+        out += [*sanitize.markdown_block("\n\n".join(messages)), ""]
     return "\n".join(out)
 
 
@@ -228,25 +234,26 @@ def to_html(run: RunResult) -> str:
     import pandas as pd
 
     def table(header, rows):
+        rows = [[sanitize.terminal(cell) for cell in row] for row in rows]
         return pd.DataFrame(rows, columns=header).to_html(index=False, escape=True, border=0)
 
     verdict = "PASS" if run.ok else "FAIL"
     parts = [f"<h1>attnsuite conformance: {verdict}</h1>", "<ul>"]
-    parts += [f"<li>{html.escape(line[2:])}</li>" for line in _environment_lines(run.environment)]
+    parts += [f"<li>{sanitize.html(line[2:])}</li>" for line in _environment_lines(run.environment)]
     parts += ["</ul>", "<p>Cells: status, worst error ratio (error / bound; above 1 fails), "
               "unsupported apart.</p>", table(*matrix(run))]
     header, rows = behaviour_matrix(run)
     if len(header) > 1:
         parts += ["<h2>Rows with no visible key</h2>", table(header, rows)]
     parts += ["<h2>Coverage</h2>", table(*coverage_rows(run))]
-    parts += [f"<p><b>warning:</b> {html.escape(w)}</p>" for w in run.warnings]
+    parts += [f"<p><b>warning:</b> {sanitize.html(w)}</p>" for w in run.warnings]
     for name, tags, messages, cause in _failure_sections(run):
-        parts.append(f"<h2>{html.escape(name)}</h2>")
+        parts.append(f"<h2>{sanitize.html(name)}</h2>")
         if cause:
-            parts.append("<p>" + "<br>".join(html.escape(line) for line in cause) + "</p>")
+            parts.append("<p>" + "<br>".join(sanitize.html(line) for line in cause) + "</p>")
         if tags:
-            parts.append("<p>Failures concentrate in: " + html.escape("; ".join(tags)) + "</p>")
-        parts.append("<pre>" + html.escape("\n\n".join(messages)) + "</pre>")
+            parts.append("<p>Failures concentrate in: " + sanitize.html("; ".join(tags)) + "</p>")
+        parts.append("<pre>" + sanitize.html("\n\n".join(messages)) + "</pre>")
     style = ("body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:90%} "
              "td,th{border:1px solid #ccc;padding:3px 6px} pre{background:#f6f6f6;padding:1em}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>attnsuite conformance"
@@ -256,37 +263,45 @@ def to_html(run: RunResult) -> str:
 # ---------------------------------------------------------------------------------------
 # JUnit XML: one testcase per implementation x case x check.
 
+def _junit_text(r: CheckResult) -> str:
+    """The whole message, then the traceback where the implementation raised."""
+    trace = r.detail.get("traceback") if isinstance(r.detail, dict) else None
+    return sanitize.xml(r.message + (f"\n\n{trace}" if trace else ""))
+
+
 def to_junit(run: RunResult) -> str:
+    x = sanitize.xml
     root = ET.Element("testsuites", name="attnsuite conformance")
     totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     for impl in run.implementations:
-        suite = ET.SubElement(root, "testsuite", name=impl.name)
+        name = x(impl.name)
+        suite = ET.SubElement(root, "testsuite", name=name)
         properties = ET.SubElement(suite, "properties")
-        for name, value in impl.coverage().to_dict().items():
+        for key, value in impl.coverage().to_dict().items():
             value = ",".join(value) if isinstance(value, list) else value
-            ET.SubElement(properties, "property", name=f"coverage.{name}", value=str(value))
+            ET.SubElement(properties, "property", name=f"coverage.{key}", value=x(str(value)))
         cause = "".join("\n" + line for line in cause_lines(impl))
         counts = dict.fromkeys(totals, 0)
         if impl.reason is not None:
-            case = ET.SubElement(suite, "testcase", classname=impl.name, name="load")
-            ET.SubElement(case, "error", message=impl.reason[:200]).text = impl.reason
+            case = ET.SubElement(suite, "testcase", classname=name, name="load")
+            ET.SubElement(case, "error", message=x(sanitize.one_line(impl.reason))).text = x(impl.reason)
             counts["tests"] += 1
             counts["errors"] += 1
         for r in impl.results:
-            case = ET.SubElement(suite, "testcase", classname=impl.name, name=f"{r.case_id}::{r.check}")
+            case = ET.SubElement(suite, "testcase", classname=name, name=x(f"{r.case_id}::{r.check}"))
             counts["tests"] += 1
-            first_line = r.message.splitlines()[0][:200] if r.message else r.status
+            summary = x(sanitize.one_line(r.message) or r.status)
             if r.status == "fail":
-                ET.SubElement(case, "failure", message=first_line).text = r.message + cause
+                ET.SubElement(case, "failure", message=summary).text = _junit_text(r) + x(cause)
                 counts["failures"] += 1
             elif r.status == "error":
-                ET.SubElement(case, "error", message=first_line).text = r.message
+                ET.SubElement(case, "error", message=summary).text = _junit_text(r)
                 counts["errors"] += 1
             elif r.status in ("unsupported", "xfail"):
-                ET.SubElement(case, "skipped", message=f"{r.status}: {first_line}")
+                ET.SubElement(case, "skipped", message=f"{r.status}: {summary}")
                 counts["skipped"] += 1
             elif r.status == "xpass":
-                ET.SubElement(case, "system-out").text = r.message
+                ET.SubElement(case, "system-out").text = x(r.message)
         suite.set("time", f"{impl.seconds:.3f}")
         for key, value in counts.items():
             suite.set(key, str(value))
@@ -297,6 +312,76 @@ def to_junit(run: RunResult) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
+# ---------------------------------------------------------------------------------------
+# Writing, one run per report folder at a time.
+
+class ReportBusy(Exception):
+    """Another run holds the report folder."""
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+class ReportLock:
+    """An exclusive lock on a report folder (``flock`` on ``DIR/.conformance.lock``, removed
+    when released, and freed by the system when the process ends, however it ends).
+    Creating the folder and the lock file also proves that the place is writable, before
+    any work."""
+
+    _held: dict[Path, "ReportLock"] = {}
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.fd: int | None = None
+
+    def acquire(self) -> "ReportLock":
+        """Raise ReportBusy if another run holds it, OSError if the place is not writable."""
+        key = self.directory.resolve()
+        if key in self._held:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / LOCK_NAME
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ReportBusy(f"--report {self.directory}: another run is writing a report "
+                                 f"there (it holds {path}); wait for it, or choose another "
+                                 f"folder") from None
+            # The holder before us removes the file as it lets go: make sure ours is the one
+            # at the path, or a third run could lock a fresh file beside us.
+            if _same_file(fd, path):
+                break
+            os.close(fd)
+        self.fd = fd
+        self._held[key] = self
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self._held.pop(self.directory.resolve(), None)
+            try:
+                os.unlink(self.directory / LOCK_NAME)   # while still held: see acquire
+            except OSError:
+                pass
+            os.close(self.fd)        # closing the descriptor frees the lock
+            self.fd = None
+
+    def __enter__(self) -> "ReportLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def write_reports(run: RunResult, directory) -> list[Path]:
     directory = Path(directory)
     files = {
@@ -305,9 +390,10 @@ def write_reports(run: RunResult, directory) -> list[Path]:
         "conformance.html": to_html(run),
     }
     paths = []
-    for name, text in files.items():
-        atomic_write_text(directory / name, text)
-        paths.append(directory / name)
+    with ReportLock(directory):      # already held when ``attnsuite check`` took it first
+        for name, text in files.items():
+            atomic_write_text(directory / name, text)
+            paths.append(directory / name)
     return paths
 
 

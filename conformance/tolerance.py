@@ -28,7 +28,7 @@ over every row of the batch, at every partial sum, as XLA's reductions in the dt
   ratios below 0.5; a wrong logit scale fails.
 
 Gradients are held to the scale of the case's gradients, not only their own:
-the absolute terms above use max(max|expected|, ``scale_floor``), where the runner passes
+the absolute terms above use max(max|expected|, ``scale_floor``), where ``checks.py`` passes
 the largest gradient of the case. The error of a gradient is set by the size of the
 terms that meet in it, so a gradient that is tiny (saturated softmax) or zero in the math
 (a window of one key) is otherwise judged on its rounding noise. The key-projection bias's
@@ -46,6 +46,8 @@ import math
 
 import numpy as np
 
+from attnsuite.impls.backends import DTYPES
+
 # (atol, rtol) for the ordinary rule.
 CLOSENESS = {
     "float64": (1e-10, 1e-10),
@@ -56,7 +58,6 @@ BASELINE_RULE = {
     "float16": (3.0, 5.0, 2.0 ** -10),
     "bfloat16": (3.0, 5.0, 2.0 ** -7),
 }
-DTYPES = tuple(CLOSENESS) + tuple(BASELINE_RULE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Comparison:
         """One line: the worst element, both values, the errors and the bound."""
         if self.problem == "shape" or self.index is None:
             return self.rule
-        where = f"[{', '.join(map(str, self.index))}]" if self.index is not None else "[]"
+        where = f"[{', '.join(map(str, self.index))}]"
         line = (f"worst element {where}: got {self.actual:.9g}, expected {self.expected:.9g}, "
                 f"|err| {self.abs_err:.3g}, rel {self.rel_err:.3g}")
         if self.problem == "non-finite":

@@ -46,10 +46,19 @@ class Xfails:
     def load(cls, path) -> "Xfails":
         path = Path(path)
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except OSError as exc:
             raise ValueError(f"--xfails {path}: {exc.strerror or exc}") from exc
-        return cls.parse(text.splitlines(), str(path))
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte "
+                                 f"{exc.start} of the line)") from None
+            if b"\0" in line:
+                raise ValueError(f"{path}:{number}: a NUL character; an xfails file is text")
+        return cls.parse(data.decode("utf-8").split("\n"), str(path))
 
     @classmethod
     def coerce(cls, value) -> "Xfails":

@@ -376,7 +376,9 @@ def factory(spec: AttentionSpec):
     ``fn.init_cache``/``fn.decode`` decode with a cache of the key and value inputs."""
 
     def fn(params, query, key, value, mask=None, bias=None):
-        return forward(spec, params, query, key, value, mask, bias)
+        # Computed in float64, handed back in the inputs' dtype, as the contract asks.
+        out = forward(spec, params, query, key, value, mask, bias)
+        return out.astype(np.result_type(query), copy=False)
 
     def fn_vjp(params, query, key, value, d_out, mask=None, bias=None):
         return vjp(spec, params, query, key, value, d_out, mask, bias)

@@ -11,10 +11,6 @@ import numpy as np
 
 from attnsuite.impls.spec import AttentionSpec
 
-WEIGHT_NAMES = ("wq", "wk", "wv", "wo")
-BIAS_NAMES = ("bq", "bk", "bv", "bo")
-
-
 def weight_shapes(spec: AttentionSpec) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every weight the spec has, in canonical order."""
     s = spec

@@ -69,8 +69,16 @@ def test_fully_masked_rows_are_classified(name, behaviour):
     assert rows and {r.detail["behaviour"] for r in rows} == {behaviour}, [r.message for r in rows]
     # Not strict: whatever they do there is reported, not failed.
     assert all(r.status == "pass" for r in rows)
-    if name == "nan_fully_masked":    # NaN forward poisons every gradient: recorded, not failed
+    if name == "nan_fully_masked":
+        # The NaN of its empty rows reaches every gradient but bo's: recorded under
+        # fully_masked, and the gradients fail (NaN where the oracle is finite always fails).
         assert {r.detail["grads"] for r in rows} == {"nan"}
+        failing = _failing(impl)
+        assert failing and {check for _, check in failing} <= {f"grad.{n}" for n in (
+            "query", "key", "value", "wq", "wk", "wv", "wo", "bq", "bk", "bv")}, failing
+        assert all("non-finite" in r.message for r in impl.failures())
+        assert not [r for r in impl.results if r.check == "output" and r.status != "pass"]
+    else:
         assert impl.verdict == "pass", [r.message for r in impl.failures()]
 
 

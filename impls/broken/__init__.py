@@ -24,6 +24,7 @@ CATEGORIES = {
     "state": "hidden state between calls",
     "precision": "part of the work done in the wrong dtype",
     "form": "only a call form, a head grouping, a mask layout or a length reveals it",
+    "contract": "the calling contract broken: arguments changed in place, the wrong output",
 }
 
 
@@ -103,7 +104,11 @@ def _rows():
         (jax, "fully_masked_rows_nan_gradient", "additive −inf mask, NaN rows zeroed after the softmax",
          Expect("gradient", GRADS, "the forward is right, but the NaN of rows with no visible key "
                 "reaches every gradient", tags=("fully_masked",), only_in=("fully_masked",),
-                forward_clean=True, strict=True, diagnosis="fully_masked_nan_gradients")),
+                forward_clean=True, diagnosis="fully_masked_nan_gradients")),
+        (torch, "softmax_where_nan_gradient", "additive −inf mask, empty rows zeroed by a where over e / total",
+         Expect("gradient", GRADS, "the forward gives zeros on rows with no visible key, but the "
+                "where's untaken 0/0 branch sends NaN into the gradients", tags=("fully_masked",),
+                only_in=("fully_masked",), forward_clean=True, diagnosis="fully_masked_nan_gradients")),
         # Only some cases can show these.
         (torch, "gqa_heads_tiled", "grouped kv heads tiled instead of repeated",
          Expect("case", OUTPUT, "query head h reads kv head h % H_kv instead of h // group_size; "
@@ -174,6 +179,13 @@ def _rows():
         (torch, "last_partial_key_block_dropped", "keys past the last full block of 128 dropped",
          Expect("form", OUTPUT, "only more than 128 keys, not a multiple of 128, show it",
                 tags=("long_keys",), only_in=("long_keys",))),
+        # The calling contract.
+        (torch, "mask_inverted_in_place", "the caller's mask inverted in place",
+         Expect("contract", ("contract",), "the results are right, but the caller's mask is "
+                "left inverted", only_in=("contract",), forward_clean=True)),
+        (torch, "output_upcast_to_float64", "output returned as float64 whatever the dtype",
+         Expect("contract", ("contract",), "the values are right, the dtype is not the inputs'",
+                tags=("float32",), only_in=("contract",), forward_clean=True)),
     ]
 
 

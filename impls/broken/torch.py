@@ -179,6 +179,25 @@ def softcap_backward_missing_square(spec):
     return Layer(spec)
 
 
+def softmax_where_nan_gradient(spec):
+    """An additive −inf mask, and empty rows zeroed by where(total > 0, e / total, 0): NaN gradients."""
+
+    class Layer(Attention):
+        def masked(self, logits, mask, visible):
+            if mask is not None:
+                visible = visible & mask
+            return logits + torch.zeros_like(logits).masked_fill(~visible, -math.inf)
+
+        def softmax(self, logits):
+            row_max = logits.amax(dim=-1, keepdim=True).detach()
+            row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+            e = torch.exp(logits - row_max)
+            total = e.sum(dim=-1, keepdim=True)
+            return torch.where(total > 0, e / total, torch.zeros_like(e))
+
+    return Layer(spec)
+
+
 def softmax_detached(spec):
     """The attention weights kept for plotting with .detach(), and the detached copy used."""
 
@@ -296,6 +315,19 @@ def square_mask_read_as_key_by_query(spec):
                 mask = mask.T
             return super().masked(logits, mask, visible)
 
+
+# --- The calling contract -------------------------------------------------------------------
+
+def mask_inverted_in_place(spec):
+    """The caller's mask inverted in place (logical_not_) to get the blocked keys, and never restored."""
+
+    class Layer(Attention):
+        def masked(self, logits, mask, visible):
+            blocked = ~visible
+            if mask is not None:
+                blocked = blocked | mask.logical_not_()
+            return logits.masked_fill(blocked, -math.inf)
+
     return Layer(spec)
 
 
@@ -310,5 +342,13 @@ def last_partial_key_block_dropped(spec):
                 covered = torch.arange(L_k, device=logits.device) < (L_k // block) * block
                 visible = visible & covered
             return super().masked(logits, mask, visible)
+
+
+def output_upcast_to_float64(spec):
+    """The output handed back as float64 "for accuracy", whatever the inputs' dtype."""
+
+    class Layer(Attention):
+        def __call__(self, *args, **kwargs):
+            return super().__call__(*args, **kwargs).double()
 
     return Layer(spec)

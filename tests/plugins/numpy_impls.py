@@ -15,7 +15,8 @@ from attnsuite.impls.spec import AttentionSpec
 
 def _with_vjp(forward, vjp):
     def fn(params, query, key, value, mask=None, bias=None):
-        return forward(params, query, key, value, mask, bias)
+        out = forward(params, query, key, value, mask, bias)
+        return out.astype(query.dtype, copy=False)   # the contract: the inputs' dtype
 
     def fn_vjp(params, query, key, value, d_out, mask=None, bias=None):
         return vjp(params, query, key, value, d_out, mask, bias)
