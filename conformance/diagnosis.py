@@ -33,6 +33,7 @@ from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC
 from attnsuite.conformance.checks import reference
 from attnsuite.conformance.hypotheses import HYPOTHESES, Hypothesis
+from attnsuite.impls.calling import make_fn
 from attnsuite.impls import oracle
 
 BUDGET_SECONDS = 60.0    # per implementation
@@ -81,10 +82,9 @@ def _examined(cases, by_case: dict) -> list:
 def _rerun(subject, case, ref, signal: str, device: str):
     """The implementation's (out, grads or None) on the case's inputs, from a fresh fn."""
     d = ref.data
-    fn = subject.factory(case.spec)
+    fn = make_fn(subject.factory, case.spec, form=case.form, dtype=case.dtype, device=device)
     args = (fn, d.weights, d.query, d.key, d.value)
-    kwargs = dict(mask=d.mask, bias=d.bias, dtype=case.dtype, device=device,
-                  self_attention=case.self_attention)
+    kwargs = dict(mask=d.mask, bias=d.bias, dtype=case.dtype, device=device, form=case.form)
     if signal == "gradient":
         out, grads = subject.backend.forward_and_vjp(*args, ref.d_out, **kwargs)
         return np.asarray(out, dtype=np.float64), grads

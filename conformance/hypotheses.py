@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from attnsuite.conformance.variant import Steps
+from attnsuite.impls.calling import fold_input_grads
 from attnsuite.impls import oracle
 
 KINDS = ("output", "gradient", "precision", "evidence")
@@ -83,9 +84,7 @@ def _run_grads(ref, steps: type) -> Prediction:
     d = ref.data
     trace, grads = steps(d.case.spec).vjp(d.weights, d.query, d.key, d.value, ref.d_out,
                                           d.mask, d.bias)
-    if d.case.self_attention:
-        grads["query"] = grads["query"] + grads.pop("key") + grads.pop("value")
-    return Prediction(trace.out, None, grads)
+    return Prediction(trace.out, None, fold_input_grads(grads, d.case.form))
 
 
 def _spec(ref):
@@ -337,7 +336,7 @@ def _(ref, actual):
 @_hypothesis("key_value_swapped", "key and value are swapped")
 def _(ref, actual):
     d = ref.data
-    if d.case.self_attention or d.key.shape != d.value.shape or _spec(ref).d_k != _spec(ref).d_v:
+    if d.case.form != "qkv" or d.key.shape != d.value.shape or _spec(ref).d_k != _spec(ref).d_v:
         return None
     return _run(ref, key=d.value, value=d.key)
 

@@ -11,8 +11,8 @@ CALLS = []   # what each factory was told, for the tests
 
 
 def _layer(spec):
-    def fn(params, query, key, value, mask=None, bias=None):
-        return oracle.forward(spec, params, query, key, value, mask, bias)
+    def fn(params, query, key, value, mask=None, bias=None):   # in the inputs' dtype (SPEC 5)
+        return oracle.forward(spec, params, query, key, value, mask, bias).astype(query.dtype)
 
     fn.vjp = lambda p, q, k, v, d_out, mask=None, bias=None: oracle.vjp(spec, p, q, k, v, d_out, mask, bias)
     return fn
