@@ -29,7 +29,7 @@ def test_dropout_drops_a_fraction_p_and_rescales_the_rest(core, dtype):
     t = getattr(torch, dtype)
     q = torch.zeros(8, 1, L_q, 16, dtype=t)
     v = torch.eye(L_k, dtype=t).expand(8, 1, L_k, L_k)
-    weights = core(spec, q, q[:, :, :L_k], v, dropout_p=p, seed=0)
+    weights = core(spec, q, q[:, :, :L_k], v, dropout_rate=p, seed=0)
     dropped = (weights == 0).double().mean().item()
     # 8192 draws: the standard deviation of the fraction is 0.005; 0.05 is ten of them.
     assert abs(dropped - p) < 0.05, f"{core.__name__} {dtype}: dropped {dropped:.3f}, p = {p}"
