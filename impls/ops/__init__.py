@@ -16,7 +16,9 @@ framework's layout (PyTorch (B, heads, L, d); TensorFlow and JAX (B, L, heads, d
 - ``check_mask_and_bias(mask, bias)``: ``check_mask_and_bias`` below with its dtypes.
 
 ``ops.torch`` also has ``seeded`` (run a block on a seeded global RNG) and
-``causal_lower_right`` (SDPA's bottom-right causal mask object).
+``causal_lower_right`` (SDPA's bottom-right causal mask object); ``ops.tensorflow`` has
+``widen`` (16-bit tensors to their float32 accumulation dtype) and ``length`` (a tensor's
+L, a Python int wherever the graph knows it).
 
 The oracle (``attnsuite.impls.oracle.structural_mask``) states the rules on its own, as
 the reference; tests/test_ops.py checks every framework's against it.
@@ -31,17 +33,18 @@ from typing import Callable
 from attnsuite.impls.spec import AttentionSpec
 
 
-def structural_rule(spec: AttentionSpec, i, j, L_q, L_k):
-    """May query ``i`` see key ``j`` under the spec's causal and window rules (SPEC 3)?
+def structural_rule(spec: AttentionSpec, arange: Callable, L_q, L_k):
+    """(L_q, L_k) bool: may query i see key j under the spec's causal and window rules
+    (SPEC 3)? None when the spec has neither rule, and then nothing is built.
 
-    ``i`` and ``j`` are index arrays of any array library (broadcast against each other,
-    e.g. (L_q, 1) and (1, L_k)); only ``+ - <= >= &`` are used, which NumPy, PyTorch,
-    TensorFlow and JAX arrays all have. Under bottom-right alignment query i sits at
-    i' = i + L_k - L_q; the causal rule is j <= i', a window (left, right) is
-    i' - left <= j <= i' + right. None when the spec has neither rule.
+    ``arange(n)`` is an array library's 0..n-1 (``np.arange``, ``tf.range``, ...); the
+    rule itself uses only ``+ - <= >= &``, which NumPy, PyTorch, TensorFlow and JAX arrays
+    all have. Under bottom-right alignment query i sits at i' = i + L_k - L_q; the causal
+    rule is j <= i', a window (left, right) is i' - left <= j <= i' + right.
     """
     if spec.causal is None and spec.window is None:
         return None
+    i, j = arange(L_q)[:, None], arange(L_k)[None, :]
     offset = j - (i + (L_k - L_q) if spec.causal == "bottom_right" else i)   # j - i'
     rules = []
     if spec.causal is not None:

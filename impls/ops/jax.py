@@ -30,7 +30,7 @@ def output(spec: AttentionSpec, params, heads) -> jax.Array:
 def structural_visibility(spec: AttentionSpec, L_q: int, L_k: int) -> jax.Array | None:
     """(L_q, L_k) bool, the causal and window rules, or None when the spec has neither.
     Shapes are static under ``jax.jit``: it is computed in NumPy and enters as a constant."""
-    visible = ops.structural_rule(spec, np.arange(L_q)[:, None], np.arange(L_k)[None, :], L_q, L_k)
+    visible = ops.structural_rule(spec, np.arange, L_q, L_k)
     return None if visible is None else jnp.asarray(visible)
 
 

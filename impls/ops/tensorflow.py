@@ -21,10 +21,23 @@ def widen(*tensors):
     return [tf.cast(t, _ACCUMULATE.get(t.dtype, t.dtype)) for t in tensors]
 
 
+def length(x):
+    """Dimension 1 of ``x`` (B, L, ...): a Python int where the graph knows it, so that
+    nothing is computed for it per call; else a scalar tensor."""
+    return x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+
+
+def _leading(x) -> list:
+    """(B, L) of ``x``, each a Python int where the graph knows it."""
+    return [x.shape[0] if x.shape[0] is not None else tf.shape(x)[0], length(x)]
+
+
 def _dense(spec: AttentionSpec, params, x, letter: str):
-    """x @ w{letter} + b{letter}, accumulated wide and rounded once to x's dtype."""
+    """(B, L, n) -> (B*L, m): x @ w{letter} + b{letter}, accumulated wide and rounded once
+    to x's dtype. One 2-D MatMul, whose gradients are MatMuls too (an Einsum or a
+    broadcast BatchMatMul costs reshapes and reductions in the backward pass)."""
     wide_x, w = widen(x, params["w" + letter])
-    y = tf.einsum("bli,io->blo", wide_x, w)
+    y = tf.matmul(tf.reshape(wide_x, [-1, w.shape[0]]), w)       # (B*L, n) @ (n, m)
     if spec.bias:
         y = y + widen(params["b" + letter])[0]
     return tf.cast(y, x.dtype)
@@ -32,23 +45,21 @@ def _dense(spec: AttentionSpec, params, x, letter: str):
 
 def project(spec: AttentionSpec, params, x, letter: str):
     """(B, L, E) -> (B, L, heads, d): x @ w{letter} + b{letter}, split into heads."""
-    y = _dense(spec, params, x, letter)                          # (B, L, heads*d)
     heads = spec.H if letter == "q" else spec.H_kv
-    shape = tf.shape(y)
-    return tf.reshape(y, [shape[0], shape[1], heads, -1])        # (B, L, heads, d)
+    y = _dense(spec, params, x, letter)                          # (B*L, heads*d)
+    return tf.reshape(y, _leading(x) + [heads, -1])              # (B, L, heads, d)
 
 
 def output(spec: AttentionSpec, params, heads):
     """(B, L_q, H, d_v) -> (B, L_q, E_o): heads merged, @ wo + bo."""
-    shape = tf.shape(heads)
-    merged = tf.reshape(heads, [shape[0], shape[1], -1])         # (B, L_q, H*d_v)
-    return _dense(spec, params, merged, "o")
+    y = _dense(spec, params, heads, "o")                         # (B*L_q, E_o)
+    return tf.reshape(y, _leading(heads) + [spec.E_o])           # (B, L_q, E_o)
 
 
 def structural_visibility(spec: AttentionSpec, L_q, L_k):
     """(L_q, L_k) bool from the causal and window rules, or None when the spec has neither.
     L_q and L_k may be tensors (lengths unknown when a graph is traced)."""
-    return ops.structural_rule(spec, tf.range(L_q)[:, None], tf.range(L_k)[None, :], L_q, L_k)
+    return ops.structural_rule(spec, tf.range, L_q, L_k)
 
 
 def visibility(spec: AttentionSpec, L_q, L_k, mask):

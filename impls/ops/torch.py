@@ -29,8 +29,7 @@ def output(spec: AttentionSpec, params: dict, heads: torch.Tensor) -> torch.Tens
 def structural_visibility(spec: AttentionSpec, L_q: int, L_k: int, device) -> torch.Tensor | None:
     """(L_q, L_k) bool on ``device``, the causal and window rules (True = visible); None
     where there are none. Built with torch ops there: no host copy per call."""
-    return ops.structural_rule(spec, torch.arange(L_q, device=device)[:, None],
-                               torch.arange(L_k, device=device)[None, :], L_q, L_k)
+    return ops.structural_rule(spec, lambda n: torch.arange(n, device=device), L_q, L_k)
 
 
 def visibility(spec: AttentionSpec, L_q: int, L_k: int, mask, device) -> torch.Tensor | None:

@@ -24,8 +24,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from attnsuite.impls.errors import Unsupported  # noqa: E402
-from attnsuite.impls.ops.tensorflow import (check_mask_and_bias, output, project, visibility,  # noqa: E402
-                                            widen)
+from attnsuite.impls.ops.tensorflow import (check_mask_and_bias, length, output, project,  # noqa: E402
+                                            visibility, widen)
+from attnsuite.impls.oracle import structural_rows_with_keys  # noqa: E402
 from attnsuite.impls.spec import AttentionSpec  # noqa: E402
 from attnsuite.impls.weights import weight_shapes  # noqa: E402
 
@@ -78,7 +79,7 @@ def explicit_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropo
         logits = spec.softcap * tf.tanh(logits / spec.softcap)
     if bias is not None:
         logits = logits + bias
-    probs = masked_softmax(logits, visibility(spec, tf.shape(q)[1], tf.shape(k)[1], mask))
+    probs = masked_softmax(logits, visibility(spec, length(q), length(k), mask))
     if dropout_rate:
         probs = dropout(probs, dropout_rate, seed)
     return _einsum("bhqk,bkhd->bqhd", probs, v)                         # (B, L_q, H, d_v)
@@ -115,13 +116,19 @@ def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_
     # The op casts the scale to its logits' dtype; a Python float would go through float32
     # on the way (a 1e-8 error in every float64 logit), so it gets the scale in that dtype.
     scale = tf.constant(spec.logit_scale, q.dtype)
-    if mask is None and spec.causal == "top_left" and spec.window is None:
-        # The op's own causal rule is top-left (a lower-triangular band).
+    L_q, L_k = length(q), length(k)
+    static = isinstance(L_q, int) and isinstance(L_k, int)
+    if mask is None and spec.window is None and (
+            spec.causal == "top_left" or (spec.causal == "bottom_right" and static and L_q == L_k)):
+        # The op's own causal rule is top-left (a lower-triangular band); bottom-right
+        # agrees with it where L_q == L_k.
         heads = keras.ops.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=True)
     else:
-        visible = visibility(spec, tf.shape(q)[1], tf.shape(k)[1], mask)
+        visible = visibility(spec, L_q, L_k, mask)
         heads = keras.ops.dot_product_attention(q, k, v, bias=bias, mask=visible, scale=scale)
-        if visible is not None:
+        rows_all_see_keys = (mask is None and static
+                             and structural_rows_with_keys(spec, L_q, L_k).all())
+        if visible is not None and not rows_all_see_keys:
             heads = _zero_empty_rows(heads, visible)
     return tf.cast(heads, dtype)                                        # (B, L_q, H, d_v)
 

@@ -19,6 +19,7 @@ from torch import nn
 from attnsuite.impls.convert import torch as convert
 from attnsuite.impls.ops.torch import (causal_lower_right, check_mask_and_bias, output, project,
                                        seeded, visibility)
+from attnsuite.impls.oracle import structural_rows_with_keys
 from attnsuite.impls.spec import AttentionSpec
 
 __all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
@@ -69,21 +70,24 @@ def _sdpa_masking(spec: AttentionSpec, L_q: int, L_k: int, mask, bias, device):
 
     SDPA's own causal options serve where the causal rule is the only mask. ``has_key``
     (bool, broadcastable to (B, H, L_q, 1)) marks the rows that see a key; it is None
-    when no row can be empty.
+    when no row can be empty, and then nothing is spent on finding them.
     """
     if mask is None and bias is None and spec.window is None:
         if spec.causal is None:
             return None, False, None
-        if spec.causal == "top_left":
+        if spec.causal == "top_left" or L_q == L_k:  # with L_q == L_k the corners agree
             return None, True, None
-        if L_q <= L_k:  # bottom-right with L_q > L_k leaves the first rows empty
+        if L_q < L_k:  # bottom-right with L_q > L_k leaves the first rows empty
             return causal_lower_right(L_q, L_k), False, None
     visible = visibility(spec, L_q, L_k, mask, device)
     if visible is None:  # a bias alone
         return bias, False, None
-    # A row with no visible key may see every key (no NaN anywhere); its output is zeroed.
-    has_key = visible.any(dim=-1, keepdim=True)                          # (B|1, H|1, L_q, 1)
-    visible = visible | ~has_key
+    if mask is None and structural_rows_with_keys(spec, L_q, L_k).all():
+        has_key = None  # the rules leave every row a key: no row to fix
+    else:
+        # A row with no visible key may see every key (no NaN anywhere); its output is zeroed.
+        has_key = visible.any(dim=-1, keepdim=True)                      # (B|1, H|1, L_q, 1)
+        visible = visible | ~has_key
     attn_mask = visible if bias is None else torch.where(visible, bias, float("-inf"))
     return attn_mask, False, has_key
 
