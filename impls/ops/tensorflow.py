@@ -2,7 +2,7 @@
 Heads are (B, L, heads, d), so splitting and merging them is a reshape.
 
 float16 and bfloat16 tensors are stored in their dtype but contracted in float32, as
-sound low-precision kernels do: TensorFlow's CPU einsum would accumulate in 16 bits.
+sound low-precision kernels do: TensorFlow's CPU einsum and matmul would accumulate in 16 bits.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _leading(x) -> list:
 
 
 def _dense(spec: AttentionSpec, params, x, letter: str):
-    """(B, L, n) -> (B*L, m): x @ w{letter} + b{letter}, accumulated wide and rounded once
+    """(B, L, ...) -> (B*L, m): x @ w{letter} + b{letter}, accumulated wide and rounded once
     to x's dtype. One 2-D MatMul, whose gradients are MatMuls too (an Einsum or a
     broadcast BatchMatMul costs reshapes and reductions in the backward pass)."""
     wide_x, w = widen(x, params["w" + letter])
