@@ -52,8 +52,9 @@ def dropout(probs: torch.Tensor, rate: float, seed: int | None) -> torch.Tensor:
 def explicit_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_rate=0.0,
                        seed=None) -> torch.Tensor:
     """(B, H, L_q, d_k), (B, H_kv, L_k, d_k), (B, H_kv, L_k, d_v) -> (B, H, L_q, d_v)."""
-    k = k.repeat_interleave(spec.group_size, dim=1)   # (B, H, L_k, d_k): query head h reads kv head h // group
-    v = v.repeat_interleave(spec.group_size, dim=1)   # (B, H, L_k, d_v)
+    # Query head h reads key/value head h // group_size.
+    k = k.repeat_interleave(spec.group_size, dim=1)                      # (B, H, L_k, d_k)
+    v = v.repeat_interleave(spec.group_size, dim=1)                      # (B, H, L_k, d_v)
     att = (q @ k.transpose(-2, -1)) * spec.logit_scale                   # (B, H, L_q, L_k)
     if spec.softcap is not None:
         att = spec.softcap * torch.tanh(att / spec.softcap)
