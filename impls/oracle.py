@@ -1,8 +1,8 @@
 """The float64 NumPy oracle: SPEC section 3 as array code, and its hand-derived backward.
 
-Shapes use the spec's letters: B batch, H query heads, G key/value heads (H_kv),
-Lq and Lk lengths, dk and dv head sizes. Every function is vectorised over batch and
-heads.
+Shapes use the spec's letters: B batch, H query heads, H_kv key/value heads (each
+shared by ``group_size`` = H / H_kv query heads), Lq and Lk lengths, dk and dv head
+sizes. Every function is vectorised over batch and heads.
 
 ``precision`` (None, "float32", "float16" or "bfloat16") rounds the inputs, the weights
 and every intermediate to that dtype: the plain low-precision computation that the
@@ -182,12 +182,12 @@ def _merge_heads(x: np.ndarray) -> np.ndarray:
 
 
 def _expand_kv(x: np.ndarray, group_size: int) -> np.ndarray:
-    """(B, G, L, d) -> (B, H, L, d): query head h reads key/value head h // group_size."""
+    """(B, H_kv, L, d) -> (B, H, L, d): query head h reads key/value head h // group_size."""
     return np.repeat(x, group_size, axis=1)
 
 
 def _sum_groups(x: np.ndarray, group_size: int) -> np.ndarray:
-    """The adjoint of _expand_kv: (B, H, L, d) -> (B, G, L, d)."""
+    """The adjoint of _expand_kv: (B, H, L, d) -> (B, H_kv, L, d)."""
     B, H, L, d = x.shape
     return x.reshape(B, H // group_size, group_size, L, d).sum(axis=2)
 
@@ -230,7 +230,7 @@ def _forward(spec, weights, query, key, value, mask, bias, precision) -> _Forwar
         y = x @ w["w" + name]
         return r(y + w["b" + name]) if spec.bias else r(y)
 
-    G = spec.group_size
+    group_size = spec.group_size
     B, L_q, L_k = query.shape[0], query.shape[1], key.shape[1]
     q = _split_heads(project(query, "q"), spec.H)
     k = _split_heads(project(key, "k"), spec.H_kv)
@@ -238,8 +238,8 @@ def _forward(spec, weights, query, key, value, mask, bias, precision) -> _Forwar
         q_positions, k_positions = rope_positions(L_q, L_k)
         q = r(rotate(spec, q, rope_angles(spec, q_positions)))
         k = r(rotate(spec, k, rope_angles(spec, k_positions)))
-    k = _expand_kv(k, G)
-    v = _expand_kv(_split_heads(project(value, "v"), spec.H_kv), G)
+    k = _expand_kv(k, group_size)
+    v = _expand_kv(_split_heads(project(value, "v"), spec.H_kv), group_size)
 
     logits = q @ k.transpose(0, 1, 3, 2)
     logits *= spec.logit_scale
@@ -322,7 +322,7 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     r = rounding(precision)
     w = {name: r(np.asarray(array, dtype=np.float64)) for name, array in weights.items()}
     query, key, value, d_out = [r(a) for a in _as_f64(query, key, value, d_out)]
-    G = spec.group_size
+    group_size = spec.group_size
     grads = {}
 
     # out = heads @ wo + bo
@@ -345,7 +345,7 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     # S = scale * Q K^T
     d_q = r(spec.logit_scale * (d_logits @ fwd.k))                  # (B, H, Lq, dk)
     d_k = r(spec.logit_scale * (d_logits.transpose(0, 1, 3, 2) @ fwd.q))  # (B, H, Lk, dk)
-    d_k = _sum_groups(d_k, G)                                       # (B, H_kv, Lk, dk)
+    d_k = _sum_groups(d_k, group_size)                                       # (B, H_kv, Lk, dk)
 
     # Q and K were rotated per position: the gradient rotates back.
     if spec.rope is not None:
@@ -357,7 +357,7 @@ def vjp(spec: AttentionSpec, weights, query, key, value, d_out, mask=None, bias=
     projected = {
         "q": (query, _merge_heads(d_q)),
         "k": (key, _merge_heads(d_k)),
-        "v": (value, _merge_heads(_sum_groups(d_v, G))),
+        "v": (value, _merge_heads(_sum_groups(d_v, group_size))),
     }
     inputs = {"q": "query", "k": "key", "v": "value"}
     for name, (x, d_y) in projected.items():

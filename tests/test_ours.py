@@ -30,15 +30,11 @@ class Framework:
     # kernel can express (none has a hook between the logits and the softmax).
     kernel: str
     explicit_dtypes: tuple[str, ...] = ()
-    # The extra arguments of its own causal/window rule, ``structural_visibility``; None
-    # where it builds that mask from the oracle's (impls.oracle.structural_mask).
-    structural_args: tuple | None = None
 
 
 FRAMEWORKS = {
-    "torch": Framework("torch.nn.functional.scaled_dot_product_attention",
-                       structural_args=("cpu",)),
-    "tensorflow": Framework("keras.ops.dot_product_attention", structural_args=()),
+    "torch": Framework("torch.nn.functional.scaled_dot_product_attention"),
+    "tensorflow": Framework("keras.ops.dot_product_attention"),
     "jax": Framework("jax.nn.dot_product_attention",
                      explicit_dtypes=("float64",)),   # the kernel's softmax is float32
 }
@@ -191,23 +187,6 @@ def test_non_boolean_mask_is_rejected(framework, path):
     with pytest.raises(ValueError, match="mask: must be boolean"):
         getattr(ours, path)(spec)(backend.params(init_weights(spec), "float32"), q, q, q,
                                   mask=float_mask)
-
-
-STRUCTURAL_SPECS = [S(4, 1, causal="top_left"), S(4, 1, causal="bottom_right"),
-                    S(4, 1, window=(1, 0)), S(4, 1, window=(0, 2)),
-                    S(4, 1, causal="top_left", window=(2, 0)),
-                    S(4, 1, causal="bottom_right", window=(1, 1))]
-
-
-@pytest.mark.parametrize("L_q, L_k", [(5, 5), (6, 3), (3, 6)])
-@pytest.mark.parametrize("spec", STRUCTURAL_SPECS, ids=str)
-@pytest.mark.parametrize("framework", [name for name, fw in FRAMEWORKS.items()
-                                       if fw.structural_args is not None])
-def test_structural_visibility_is_the_oracles(framework, spec, L_q, L_k):
-    backend, ours = load(framework)
-    got = ours.structural_visibility(spec, L_q, L_k, *FRAMEWORKS[framework].structural_args)
-    np.testing.assert_array_equal(backend.to_numpy(got), oracle.structural_mask(spec, L_q, L_k),
-                                  err_msg=f"{framework} {spec} L_q={L_q} L_k={L_k}")
 
 
 DROPOUT_SPEC = MULTI_QUERY.replace(dropout=0.4, causal="top_left")

@@ -29,13 +29,34 @@ def test_dropout_drops_a_fraction_p_and_rescales_the_rest(core, dtype):
     t = getattr(torch, dtype)
     q = torch.zeros(8, 1, L_q, 16, dtype=t)
     v = torch.eye(L_k, dtype=t).expand(8, 1, L_k, L_k)
-    weights = core(spec, q, q[:, :, :L_k], v, dropout_p=p, seed=0)
+    weights = core(spec, q, q[:, :, :L_k], v, dropout_rate=p, seed=0)
     dropped = (weights == 0).double().mean().item()
     # 8192 draws: the standard deviation of the fraction is 0.005; 0.05 is ten of them.
     assert abs(dropped - p) < 0.05, f"{core.__name__} {dtype}: dropped {dropped:.3f}, p = {p}"
     kept = weights[weights != 0]
     torch.testing.assert_close(kept, torch.full_like(kept, 1 / (L_k * (1 - p))),
                                msg=f"{core.__name__} {dtype}: kept weights not scaled by 1/(1-p)")
+
+
+# The fused core fixes the rows without a key only where there can be such rows.
+RULES = [S(4, 1, causal=c, window=w) for c in (None, "top_left", "bottom_right")
+         for w in (None, (0, 0), (2, 0), (1, 2))]
+
+
+@pytest.mark.parametrize("spec", RULES, ids=str)
+@pytest.mark.parametrize("L_q, L_k", [(4, 4), (3, 6), (6, 3), (8, 2)])
+def test_fused_core_looks_for_empty_rows_only_where_the_rules_can_leave_one(spec, L_q, L_k):
+    structural = oracle.structural_mask(spec, L_q, L_k)
+    q = torch.randn(1, 1, L_q, 4, dtype=torch.float64)
+    k, v = torch.randn(1, 1, L_k, 4, dtype=torch.float64), torch.randn(1, 1, L_k, 4, dtype=torch.float64)
+    out = ours.fused_attention(spec, q, k, v)
+    assert torch.isfinite(out).all(), f"{spec} L_q={L_q} L_k={L_k}: NaN or inf"
+    assert (out[0, 0, ~torch.from_numpy(structural.any(-1))] == 0).all(), "a row without keys is not zero"
+    *_, has_key = ours._sdpa_masking(spec, L_q, L_k, None, None, q.device)
+    if structural.any(-1).all():
+        assert has_key is None, f"{spec} L_q={L_q} L_k={L_k}: looks for empty rows where none can be"
+    else:
+        np.testing.assert_array_equal(has_key.numpy()[..., 0], structural.any(-1))
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 
 from attnsuite.impls.errors import Unsupported
-from attnsuite.impls.ours.jax import output, project
+from attnsuite.impls.ops.jax import output, project
 from attnsuite.impls.spec import AttentionSpec
 
 _NAME = "jax.nn.dot_product_attention"
@@ -59,7 +59,9 @@ def _layer(implementation: str | None):
         def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
             if training and spec.dropout > 0:
                 raise Unsupported(f"{function_name(implementation)}: no dropout")
-            q, k, v = (project(spec, params, x, letter) for x, letter in ((query, "q"), (key, "k"), (value, "v")))
+            q = project(spec, params, query, "q")                       # (B, L_q, H, d_k)
+            k = project(spec, params, key, "k")                         # (B, L_k, H_kv, d_k)
+            v = project(spec, params, value, "v")                       # (B, L_k, H_kv, d_v)
             return output(spec, params, attend(spec, q, k, v, mask, bias, implementation))
 
         return fn

@@ -29,8 +29,7 @@ from torch.func import functional_call
 
 from attnsuite.impls.convert import torch as convert
 from attnsuite.impls.errors import Unsupported
-from attnsuite.impls.ours.torch import (causal_lower_right, merge_heads, project, project_heads, seeded,
-                              visible_keys)
+from attnsuite.impls.ops.torch import causal_lower_right, output, project, seeded, visibility
 from attnsuite.impls.spec import AttentionSpec
 
 
@@ -57,7 +56,7 @@ def _mha_problems(spec: AttentionSpec) -> list[str]:
 def _mha_attn_mask(spec: AttentionSpec, query, key, mask, bias):
     """(attn_mask, is_causal) in nn.MultiheadAttention's terms."""
     B, L_q, L_k = query.shape[0], query.shape[1], key.shape[1]
-    visible = visible_keys(spec, L_q, L_k, mask, query.device)
+    visible = visibility(spec, L_q, L_k, mask, query.device)
     if bias is not None:
         attn_mask = _bias_with_mask(bias, visible)
     elif visible is not None:
@@ -108,7 +107,7 @@ def _sdpa_attn_mask(spec: AttentionSpec, L_q: int, L_k: int, mask, bias, device)
             with warnings.catch_warnings():  # "NaNs when L_q > L_k": the suite reports the rows
                 warnings.filterwarnings("ignore", "Lower right causal bias")
                 return causal_lower_right(L_q, L_k), False
-    visible = visible_keys(spec, L_q, L_k, mask, device)
+    visible = visibility(spec, L_q, L_k, mask, device)
     return (visible if bias is None else _bias_with_mask(bias, visible)), False
 
 
@@ -117,13 +116,15 @@ def sdpa(spec: AttentionSpec):
         raise Unsupported("scaled_dot_product_attention: no softcap")
 
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        q, k, v = project_heads(spec, params, query, key, value)
+        q = project(spec, params, query, "q")                           # (B, H, L_q, d_k)
+        k = project(spec, params, key, "k")                             # (B, H_kv, L_k, d_k)
+        v = project(spec, params, value, "v")                           # (B, H_kv, L_k, d_v)
         attn_mask, is_causal = _sdpa_attn_mask(spec, q.shape[-2], k.shape[-2], mask, bias, q.device)
         dropout_p = spec.dropout if training else 0.0
         with seeded(seed if training else None, q.device):
             heads = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                 scale=spec.logit_scale, enable_gqa=spec.H_kv != spec.H)
-        return project(params, merge_heads(heads), "o")
+        return output(spec, params, heads)                              # (B, L_q, E_o)
 
     return fn

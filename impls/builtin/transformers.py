@@ -89,7 +89,7 @@ def _factory(name: str, problems: Callable, build: Callable, forms: dict[str, Ca
         import torch
 
         from attnsuite.impls.convert import transformers as convert
-        from attnsuite.impls.ours.torch import seeded
+        from attnsuite.impls.ops.torch import seeded
 
         modules, layout, is_causal = build(spec, implementation)
 

@@ -3,7 +3,8 @@
 A layer's cost is its projections plus its attention core; to say whether our fused
 path is as fast as the best kernel a framework has, the cores are timed alone, on
 already projected heads. Each entry names a factory ``factory(spec) -> fn`` in
-``attnsuite.impls.kernels.{torch,jax}`` with
+``attnsuite.impls.kernels.{torch,jax}`` (ours: ``kernel`` in ``attnsuite.impls.ours.{torch,jax}``,
+so that these modules import nothing of ours) with
 
     fn(params, q, k, v) -> per-head outputs
 
@@ -22,18 +23,18 @@ from __future__ import annotations
 from attnsuite.impls.entry import Entry
 
 
-def _k(name: str, framework: str, attr: str, description: str) -> Entry:
-    return Entry(name, framework, f"attnsuite.impls.kernels.{framework}:{attr}", description, "kernel")
+def _k(name: str, framework: str, attr: str, description: str, package: str = "kernels") -> Entry:
+    return Entry(name, framework, f"attnsuite.impls.{package}.{framework}:{attr}", description, "kernel")
 
 
 KERNELS: tuple[Entry, ...] = (
-    _k("core.torch.fused", "torch", "ours", "ours: the attention core of torch.fused"),
+    _k("core.torch.fused", "torch", "kernel", "ours: the attention core of torch.fused", "ours"),
     _k("core.torch.sdpa", "torch", "sdpa_default", "F.scaled_dot_product_attention, PyTorch's own choice"),
     _k("core.torch.sdpa.flash", "torch", "sdpa_flash", "SDPA pinned to its FlashAttention backend"),
     _k("core.torch.sdpa.efficient", "torch", "sdpa_efficient", "SDPA pinned to its memory-efficient backend"),
     _k("core.torch.sdpa.cudnn", "torch", "sdpa_cudnn", "SDPA pinned to its cuDNN backend"),
     _k("core.torch.sdpa.math", "torch", "sdpa_math", "SDPA pinned to its math (unfused) backend"),
-    _k("core.jax.fused", "jax", "ours", "ours: the attention core of jax.fused"),
+    _k("core.jax.fused", "jax", "kernel", "ours: the attention core of jax.fused", "ours"),
     _k("core.jax.dpa.xla", "jax", "dpa_xla", 'jax.nn.dot_product_attention(implementation="xla")'),
     _k("core.jax.dpa.cudnn", "jax", "dpa_cudnn", 'jax.nn.dot_product_attention(implementation="cudnn")'),
 )

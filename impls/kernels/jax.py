@@ -4,15 +4,7 @@ with each of its implementations pinned."""
 from __future__ import annotations
 
 from attnsuite.impls.builtin import jax as builtin
-from attnsuite.impls.ours.jax import fused_attention
 from attnsuite.impls.spec import AttentionSpec
-
-
-def ours(spec: AttentionSpec):
-    def fn(params, q, k, v):
-        return fused_attention(spec, q, k, v)
-    fn.layout = "BLHD"
-    return fn
 
 
 def _dot_product_attention(implementation: str):

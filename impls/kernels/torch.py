@@ -9,18 +9,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnsuite.impls.errors import Unsupported
-from attnsuite.impls.ours.torch import fused_attention
 from attnsuite.impls.spec import AttentionSpec
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-
-
-def ours(spec: AttentionSpec):
-    def fn(params, q, k, v):
-        return fused_attention(spec, q, k, v)
-    fn.layout = "BHLD"
-    return fn
 
 
 def _sdpa(backend: str | None):

@@ -1,4 +1,6 @@
-"""Our multi-head attention in JAX (SPEC 3), as pure functions.
+"""Our multi-head attention in JAX (SPEC 3), as pure functions, following the contract in
+``attnsuite.impls.ours``. Heads are (B, L, heads, d), JAX's own layout, which
+``jax.nn.dot_product_attention`` takes as is.
 
 - ``explicit(spec)``: every step of the spec written out, like JAX's ``lax_reference.py``.
 - ``fused(spec)``: the attention core on ``jax.nn.dot_product_attention``, falling back to
@@ -6,9 +8,6 @@
   On a GPU it asks for cuDNN's kernel where cuDNN takes the case (``kernel_implementation``).
 - ``init(spec, rng)`` and ``apply(spec, params, query, key, value, ...)``: the same layer
   for use in a model; jit it with ``jax.jit(apply, static_argnames=APPLY_STATIC)``.
-
-Heads stay in JAX's layout, (B, L, heads, head_size), which ``jax.nn.dot_product_attention``
-takes as is. Query head h reads key/value head h // group_size (repeat-interleave).
 """
 
 from __future__ import annotations
@@ -20,25 +19,116 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attnsuite.impls.oracle import structural_mask, structural_rows_with_keys
+from attnsuite.impls.ops.jax import check_mask_and_bias, output, project, visibility
+from attnsuite.impls.oracle import structural_rows_with_keys
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.impls.weights import weight_shapes
+
+__all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
+           "fused_attention", "attention_fn", "explicit", "fused", "kernel", "init", "apply",
+           "APPLY_STATIC", "kernel_implementation"]
 
 APPLY_STATIC = ("spec", "training", "fused")
 
 
+def masked_softmax(logits, visible) -> jax.Array:
+    """Softmax over the visible keys of each row, computed in at least float32. A row
+    with no visible key is all zeros and passes no gradient (and no NaN) back."""
+    x = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    if visible is not None:
+        x = jnp.where(visible, x, -jnp.inf)
+    # The shift only keeps exp from overflowing: the result does not depend on it, so no
+    # gradient goes through it. An empty row's max is -inf; shift it by 0 instead.
+    shift = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
+    # Invisible keys: exp(-inf) = 0, whose derivative is 0 as well, so no 0 * inf below.
+    weights = jnp.exp(x - shift)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    return (weights / jnp.where(total > 0, total, 1.0)).astype(logits.dtype)
+
+
+def dropout(probs, rate: float, seed) -> jax.Array:
+    """Zero each weight with probability ``rate``; scale the kept ones by 1 / (1 - rate).
+    Drawn from ``jax.random.key(seed)``: JAX has no global random state to fall back on."""
+    keep = jax.random.bernoulli(jax.random.key(seed), 1.0 - rate, probs.shape)
+    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+
+
+def explicit_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_rate=0.0,
+                       seed=None) -> jax.Array:
+    """(B, L_q, H, d_k), (B, L_k, H_kv, d_k), (B, L_k, H_kv, d_v) -> (B, L_q, H, d_v)."""
+    k = jnp.repeat(k, spec.group_size, axis=2)                          # (B, L_k, H, d_k)
+    v = jnp.repeat(v, spec.group_size, axis=2)                          # (B, L_k, H, d_v)
+    logits = spec.logit_scale * jnp.einsum("bqhd,bkhd->bhqk", q, k)     # (B, H, L_q, L_k)
+    if spec.softcap is not None:
+        logits = spec.softcap * jnp.tanh(logits / spec.softcap)
+    if bias is not None:
+        logits = logits + bias
+    probs = masked_softmax(logits, visibility(spec, q.shape[1], k.shape[1], mask))
+    if dropout_rate:
+        probs = dropout(probs, dropout_rate, seed)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)                      # (B, L_q, H, d_v)
+
+
+def _kernel_can_run(spec: AttentionSpec, dtype, dropout_rate: float) -> bool:
+    # jax.nn.dot_product_attention has no softcap and no dropout, and it runs its softmax
+    # in float32 whatever the input dtype, so in float64 it is only float32-accurate.
+    return spec.softcap is None and not dropout_rate and dtype != jnp.float64
+
+
+def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_rate=0.0,
+                    seed=None) -> jax.Array:
+    """What ``explicit_attention`` computes, on ``jax.nn.dot_product_attention``, which
+    does GQA itself from the fewer kv heads.
+
+    Without a user mask and under top-left rules (the common case) nothing of size
+    L_q x L_k is built here: the rules reach the kernel as ``is_causal`` and
+    ``local_window_size``, and the rows that see no key are found in O(L_q).
+    """
+    if not _kernel_can_run(spec, q.dtype, dropout_rate):
+        return explicit_attention(spec, q, k, v, mask, bias, dropout_rate, seed)
+    L_q, L_k = q.shape[1], k.shape[1]
+    rules = _kernel_rules(spec, L_q, L_k)
+    if rules is None:
+        # The kernel's rules count from the top-left corner: bottom-right goes in as an
+        # (L_q, L_k) mask, which costs what a user's mask does.
+        visible = visibility(spec, L_q, L_k, mask)
+        out = _attend(spec, q, k, v, _as_4d(bias), _as_4d(visible), is_causal=False, window=None)
+        return _zero_rows_without_keys(out, visible)
+
+    # Under top-left rules the rows that see a key are the first n, and n < L_q only where
+    # a window ends before the last query (L_q > L_k + left). The kernel runs on those n
+    # rows alone and the rest are zeros, gradient included: so it never meets a row with
+    # no key, where XLA gives a mean of the values and cuDNN's result is not documented.
+    n = int(structural_rows_with_keys(spec, L_q, L_k).sum())
+    out = _attend(spec, q[:, :n], k, v, _first_rows(_as_4d(bias), n), _first_rows(_as_4d(mask), n),
+                  *rules)                                               # (B, n, H, d_v)
+    if mask is not None:
+        out = _zero_rows_without_keys(out, _first_rows(_as_4d(visibility(spec, L_q, L_k, mask)), n))
+    return out if n == L_q else jnp.pad(out, [(0, 0), (0, L_q - n), (0, 0), (0, 0)])  # (B, L_q, H, d_v)
+
+
+def attention_fn(spec: AttentionSpec, core):
+    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or ``fused_attention``)."""
+    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
+        return apply(spec, params, query, key, value, mask, bias, training=training, seed=seed,
+                     fused=core is fused_attention)
+    return fn
+
+
 def explicit(spec: AttentionSpec):
-    return _factory(spec, fused=False)
+    return attention_fn(spec, explicit_attention)
 
 
 def fused(spec: AttentionSpec):
-    return _factory(spec, fused=True)
+    return attention_fn(spec, fused_attention)
 
 
-def _factory(spec: AttentionSpec, fused: bool):
-    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        return apply(spec, params, query, key, value, mask, bias, training=training, seed=seed,
-                     fused=fused)
+def kernel(spec: AttentionSpec):
+    """``fused_attention`` alone, for the kernel benchmark (``attnsuite.impls.kernels``)."""
+    def fn(params, q, k, v):
+        return fused_attention(spec, q, k, v)
+    fn.layout = "BLHD"
     return fn
 
 
@@ -59,24 +149,18 @@ def apply(spec: AttentionSpec, params, query, key, value, mask=None, bias=None, 
     """out, shape (B, L_q, E_o). ``mask``: bool, True = may attend; ``bias``: added to
     the logits; both rank 2 (L_q, L_k) or rank 4 (B, H, L_q, L_k). Dropout acts only when
     ``training``, drawn from ``jax.random.key(seed)``."""
-    _check_rank("mask", mask)
-    _check_rank("bias", bias)
-    if mask is not None and mask.dtype != jnp.bool_:
-        raise ValueError(f"mask: must be boolean (True = may attend), got dtype {mask.dtype}")
-    dropping = training and spec.dropout > 0
-    if dropping and seed is None:
+    check_mask_and_bias(mask, bias)
+    dropout_rate = spec.dropout if training else 0.0
+    if dropout_rate and seed is None:
         raise ValueError("seed: training with dropout > 0 needs a seed")
-    dropout_key = jax.random.key(seed) if dropping else None
+    core = fused_attention if fused else explicit_attention
 
     with _matmul_precision(jnp.result_type(query, key, value, *params.values())):
-        q = project(spec, params, query, "q")
-        k = project(spec, params, key, "k")
-        v = project(spec, params, value, "v")
-        if fused and _kernel_can_run(spec, q.dtype, dropping):
-            heads = fused_attention(spec, q, k, v, mask, bias)
-        else:
-            heads = explicit_attention(spec, q, k, v, mask, bias, dropout_key)
-        return output(spec, params, heads)
+        q = project(spec, params, query, "q")                           # (B, L_q, H, d_k)
+        k = project(spec, params, key, "k")                             # (B, L_k, H_kv, d_k)
+        v = project(spec, params, value, "v")                           # (B, L_k, H_kv, d_v)
+        heads = core(spec, q, k, v, mask, bias, dropout_rate, seed)     # (B, L_q, H, d_v)
+        return output(spec, params, heads)                              # (B, L_q, E_o)
 
 
 def _matmul_precision(dtype):
@@ -89,115 +173,8 @@ def _matmul_precision(dtype):
     return jax.default_matmul_precision("highest")
 
 
-def _kernel_can_run(spec: AttentionSpec, dtype, dropping: bool) -> bool:
-    # jax.nn.dot_product_attention has no softcap and no dropout, and it runs its softmax
-    # in float32 whatever the input dtype, so in float64 it is only float32-accurate.
-    return spec.softcap is None and not dropping and dtype != jnp.float64
-
-
-def _check_rank(name: str, array) -> None:
-    if array is not None and array.ndim not in (2, 4):
-        raise ValueError(f"{name}: must have rank 2 (L_q, L_k) or rank 4 (B, H, L_q, L_k), got "
-                         f"shape {array.shape}; rank 3 is ambiguous when B == H")
-
-
-# ---------------------------------------------------------------------------------------
-# Projections, shared by both paths (and by the jax.nn.dot_product_attention built-in).
-
-def project(spec: AttentionSpec, params, x, name: str) -> jax.Array:
-    """x @ w{name} + b{name}, split into heads: (B, L, heads, head_size)."""
-    y = x @ params["w" + name]
-    if spec.bias:
-        y = y + params["b" + name]
-    heads = spec.H if name == "q" else spec.H_kv
-    return y.reshape(*y.shape[:-1], heads, -1)
-
-
-def output(spec: AttentionSpec, params, heads) -> jax.Array:
-    """(B, L_q, H, d_v) -> concat_h @ wo + bo, shape (B, L_q, E_o)."""
-    out = heads.reshape(*heads.shape[:-2], -1) @ params["wo"]
-    return out + params["bo"] if spec.bias else out
-
-
-def visibility(spec: AttentionSpec, L_q: int, L_k: int, mask=None) -> jax.Array:
-    """Bool, broadcastable to (B, H, L_q, L_k): the user mask and the causal/window rules."""
-    visible = jnp.asarray(structural_mask(spec, L_q, L_k))
-    return visible if mask is None else visible & mask
-
-
 def _as_4d(x):
     return x if x is None or x.ndim == 4 else x[None, None]
-
-
-# ---------------------------------------------------------------------------------------
-# The explicit path.
-
-def explicit_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_key=None):
-    """(B, L_q, H, d_k), (B, L_k, H_kv, d_k), (B, L_k, H_kv, d_v) -> (B, L_q, H, d_v)."""
-    k = jnp.repeat(k, spec.group_size, axis=2)
-    v = jnp.repeat(v, spec.group_size, axis=2)
-    logits = spec.logit_scale * jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    if spec.softcap is not None:
-        logits = spec.softcap * jnp.tanh(logits / spec.softcap)
-    if bias is not None:
-        logits = logits + bias
-    probs = masked_softmax(logits, visibility(spec, q.shape[1], k.shape[1], mask))
-    if dropout_key is not None:
-        probs = dropout(probs, spec.dropout, dropout_key)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-
-
-def masked_softmax(logits, visible) -> jax.Array:
-    """Softmax over the visible keys of each row, computed in at least float32. A row
-    with no visible key is all zeros and passes no gradient (and no NaN) back."""
-    x = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    x = jnp.where(visible, x, -jnp.inf)
-    # The shift only keeps exp from overflowing: the result does not depend on it, so no
-    # gradient goes through it. An empty row's max is -inf; shift it by 0 instead.
-    shift = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-    shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
-    # Invisible keys: exp(-inf) = 0, whose derivative is 0 as well, so no 0 * inf below.
-    weights = jnp.exp(x - shift)
-    total = jnp.sum(weights, axis=-1, keepdims=True)
-    return (weights / jnp.where(total > 0, total, 1.0)).astype(logits.dtype)
-
-
-def dropout(probs, rate: float, key: jax.Array) -> jax.Array:
-    """Zero each weight with probability ``rate``; scale the kept ones by 1 / (1 - rate)."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, probs.shape)
-    return jnp.where(keep, probs / (1.0 - rate), 0.0)
-
-
-# ---------------------------------------------------------------------------------------
-# The fused path.
-
-def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None) -> jax.Array:
-    """The same contract as ``explicit_attention`` (no dropout), on
-    ``jax.nn.dot_product_attention``, which does GQA itself from the fewer kv heads.
-
-    Without a user mask and under top-left rules (the common case) nothing of size
-    L_q x L_k is built here: the rules reach the kernel as ``is_causal`` and
-    ``local_window_size``, and the rows that see no key are found in O(L_q).
-    """
-    L_q, L_k = q.shape[1], k.shape[1]
-    rules = _kernel_rules(spec, L_q, L_k)
-    if rules is None:
-        # The kernel's rules count from the top-left corner: bottom-right goes in as an
-        # (L_q, L_k) mask, which costs what a user's mask does.
-        visible = visibility(spec, L_q, L_k, mask)
-        out = _attend(spec, q, k, v, _as_4d(bias), _as_4d(visible), is_causal=False, window=None)
-        return _zero_rows_without_keys(out, visible)
-
-    # Under top-left rules the rows that see a key are the first n, and n < L_q only where
-    # a window ends before the last query (L_q > L_k + left). The kernel runs on those n
-    # rows alone and the rest are zeros, gradient included: so it never meets a row with
-    # no key, where XLA gives a mean of the values and cuDNN's result is not documented.
-    n = int(structural_rows_with_keys(spec, L_q, L_k).sum())
-    out = _attend(spec, q[:, :n], k, v, _first_rows(_as_4d(bias), n), _first_rows(_as_4d(mask), n),
-                  *rules)
-    if mask is not None:
-        out = _zero_rows_without_keys(out, _first_rows(visibility(spec, L_q, L_k, mask), n))
-    return out if n == L_q else jnp.pad(out, [(0, 0), (0, L_q - n), (0, 0), (0, 0)])
 
 
 def _kernel_rules(spec: AttentionSpec, L_q: int, L_k: int) -> tuple[bool, tuple | None] | None:

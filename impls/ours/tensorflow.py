@@ -1,25 +1,20 @@
-"""Our TensorFlow attention: the classic Keras ``MultiHeadAttention`` layer, complete and correct.
+"""Our TensorFlow attention (SPEC section 3), following the contract in ``attnsuite.impls.ours``.
+Heads are (B, L, heads, d), so that splitting and merging them is a reshape.
 
-Two paths over the same projections (SPEC section 3), in the (B, L, heads, d) layout so
-that splitting and merging heads is a reshape:
+- ``explicit``: every step of the formula written out in TensorFlow ops;
+- ``fused``: the per-head core on ``keras.ops.dot_product_attention``, the attention op
+  TensorFlow offers (TensorFlow has no fused attention kernel of its own; on its backend
+  the op is einsum + softmax, which XLA can fuse). What the op cannot express falls back
+  to the explicit core: softcap (it refuses ``attn_logits_soft_cap`` off JAX-TPU) and
+  dropout (it has none). The op is given everything else: GQA, bias, scale, and any mask
+  other than plain top-left causal as a boolean mask.
 
-- ``attention``: every step of the formula written out in TensorFlow ops. It is the body
-  of the Keras layer ``MultiHeadAttention`` and of the ``explicit`` factory.
-- ``fused_attention``: the per-head core on ``keras.ops.dot_product_attention``, the
-  attention op TensorFlow offers (TensorFlow has no fused attention kernel of its own; on
-  its backend the op is einsum + softmax, which XLA can fuse). What the op cannot express
-  falls back to ``attention``: softcap (it refuses ``attn_logits_soft_cap`` off JAX-TPU)
-  and dropout (it has none). The op is given everything else: GQA, bias, scale, and any
-  mask other than plain top-left causal as a boolean mask.
-
-A query row with no visible key gives zeros, with zero gradient, on both paths.
-float16 and bfloat16 tensors are stored in their dtype but contracted in float32, as
-sound low-precision kernels do: TensorFlow's CPU einsum would accumulate in 16 bits.
+``MultiHeadAttention`` is the classic Keras layer, complete and correct, computing either.
+float16 and bfloat16 tensors are contracted in float32 (``attnsuite.impls.ops.tensorflow``).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 
@@ -29,95 +24,17 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from attnsuite.impls.errors import Unsupported  # noqa: E402
+from attnsuite.impls.ops.tensorflow import (check_mask_and_bias, length, output, project,  # noqa: E402
+                                            visibility, widen)
+from attnsuite.impls.oracle import structural_rows_with_keys  # noqa: E402
 from attnsuite.impls.spec import AttentionSpec  # noqa: E402
 from attnsuite.impls.weights import weight_shapes  # noqa: E402
 
-
-# ---------------------------------------------------------------------------------------
-# The steps of the formula.
-
-def _check_mask_and_bias(mask, bias) -> None:
-    for name, t in (("mask", mask), ("bias", bias)):
-        if t is not None and t.shape.rank not in (2, 4):
-            raise ValueError(f"{name}: must have rank 2 (L_q, L_k) or rank 4 (B, H, L_q, L_k), got "
-                             f"shape {tuple(t.shape)}; rank 3 is ambiguous when B == H")
-    if mask is not None and mask.dtype != tf.bool:
-        raise ValueError(f"mask: must be boolean (True = may attend), got dtype {mask.dtype.name}")
+__all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
+           "fused_attention", "attention_fn", "explicit", "fused", "MultiHeadAttention"]
 
 
-# The dtype each 16-bit dtype is contracted in.
-_ACCUMULATE = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
-
-
-def _widen(*tensors):
-    """Tensors in their accumulation dtype (unchanged unless 16-bit)."""
-    return [tf.cast(t, _ACCUMULATE.get(t.dtype, t.dtype)) for t in tensors]
-
-
-def _einsum(equation: str, a, b):
-    """``tf.einsum`` accumulated in float32 for 16-bit inputs, rounded once to their dtype."""
-    return tf.cast(tf.einsum(equation, *_widen(a, b)), a.dtype)
-
-
-def _project(spec: AttentionSpec, params, x, name: str):
-    """x @ w + b for projection ``name`` ("q", "k", "v" or "o"), rounded once."""
-    wide_x, w = _widen(x, params["w" + name])
-    y = tf.einsum("bli,io->blo", wide_x, w)
-    if spec.bias:
-        y = y + _widen(params["b" + name])[0]
-    return tf.cast(y, x.dtype)
-
-
-def _split_heads(x, heads: int):
-    """(B, L, heads*d) -> (B, L, heads, d)."""
-    shape = tf.shape(x)
-    return tf.reshape(x, [shape[0], shape[1], heads, -1])
-
-
-def _project_heads(spec: AttentionSpec, params, query, key, value):
-    """Q (B, L_q, H, d_k), K (B, L_k, H_kv, d_k), V (B, L_k, H_kv, d_v)."""
-    return (_split_heads(_project(spec, params, query, "q"), spec.H),
-            _split_heads(_project(spec, params, key, "k"), spec.H_kv),
-            _split_heads(_project(spec, params, value, "v"), spec.H_kv))
-
-
-def _share_kv_heads(x, group_size: int):
-    """(B, L, H_kv, d) -> (B, L, H, d): query head h reads key/value head h // group_size."""
-    return x if group_size == 1 else tf.repeat(x, group_size, axis=2)
-
-
-def _output(spec: AttentionSpec, params, heads):
-    """(B, L_q, H, d_v) -> concat_h(O_h) @ wo + bo, (B, L_q, E_o)."""
-    shape = tf.shape(heads)
-    return _project(spec, params, tf.reshape(heads, [shape[0], shape[1], -1]), "o")
-
-
-def structural_visibility(spec: AttentionSpec, L_q, L_k):
-    """(L_q, L_k) bool from the causal and window rules, or None when the spec has neither."""
-    if spec.causal is None and spec.window is None:
-        return None
-    i = tf.range(L_q)[:, None]
-    if spec.causal == "bottom_right":
-        i = i + (L_k - L_q)
-    offset = tf.range(L_k)[None, :] - i        # j - i', with i' shifted by the alignment
-    rules = []
-    if spec.causal is not None:
-        rules.append(offset <= 0)
-    if spec.window is not None:
-        left, right = spec.window
-        rules += [offset >= -left, offset <= right]
-    return functools.reduce(tf.logical_and, rules)
-
-
-def _visibility(spec: AttentionSpec, mask, L_q, L_k):
-    """The user mask combined with the structural rules (rank 2 or 4), or None: all visible."""
-    structural = structural_visibility(spec, L_q, L_k)
-    if mask is None or structural is None:
-        return structural if mask is None else mask
-    return tf.logical_and(mask, structural)
-
-
-def _masked_softmax(logits, visible):
+def masked_softmax(logits, visible):
     """Softmax over the visible keys of each row; a row with no visible key is all zeros.
 
     Hidden logits become the dtype's lowest finite value rather than -inf, so that no
@@ -130,7 +47,7 @@ def _masked_softmax(logits, visible):
     return tf.where(visible, probs, 0.0)
 
 
-def _dropout(probs, rate: float, seed: int | None):
+def dropout(probs, rate: float, seed: int | None):
     """Zero each weight with probability ``rate`` and scale the rest by 1 / (1 - rate).
 
     Stateless: one seed gives one mask. ``seed=None`` draws a fresh one.
@@ -141,30 +58,32 @@ def _dropout(probs, rate: float, seed: int | None):
     return tf.where(draws >= rate, probs / (1.0 - rate), 0.0)
 
 
-def attention(spec: AttentionSpec, params, query, key, value, mask=None, bias=None,
-              training=False, seed=None):
-    """SPEC section 3, step by step. ``params`` are the canonical weights as tensors."""
-    _check_mask_and_bias(mask, bias)
-    q, k, v = _project_heads(spec, params, query, key, value)
-    k, v = _share_kv_heads(k, spec.group_size), _share_kv_heads(v, spec.group_size)
+def _share_kv_heads(x, group_size: int):
+    """(B, L, H_kv, d) -> (B, L, H_kv * group_size, d): query head h reads key/value head
+    h // group_size."""
+    return x if group_size == 1 else tf.repeat(x, group_size, axis=2)
 
+
+def _einsum(equation: str, a, b):
+    """``tf.einsum`` accumulated in float32 for 16-bit inputs, rounded once to their dtype."""
+    return tf.cast(tf.einsum(equation, *widen(a, b)), a.dtype)
+
+
+def explicit_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_rate=0.0,
+                       seed=None):
+    """(B, L_q, H, d_k), (B, L_k, H_kv, d_k), (B, L_k, H_kv, d_v) -> (B, L_q, H, d_v)."""
+    k = _share_kv_heads(k, spec.group_size)                             # (B, L_k, H, d_k)
+    v = _share_kv_heads(v, spec.group_size)                             # (B, L_k, H, d_v)
     logits = spec.logit_scale * _einsum("bqhd,bkhd->bhqk", q, k)        # (B, H, L_q, L_k)
     if spec.softcap is not None:
         logits = spec.softcap * tf.tanh(logits / spec.softcap)
     if bias is not None:
         logits = logits + bias
+    probs = masked_softmax(logits, visibility(spec, length(q), length(k), mask))
+    if dropout_rate:
+        probs = dropout(probs, dropout_rate, seed)
+    return _einsum("bhqk,bkhd->bqhd", probs, v)                         # (B, L_q, H, d_v)
 
-    visible = _visibility(spec, mask, tf.shape(query)[1], tf.shape(key)[1])
-    probs = _masked_softmax(logits, visible)
-    if training and spec.dropout > 0:
-        probs = _dropout(probs, spec.dropout, seed)
-
-    heads = _einsum("bhqk,bkhd->bqhd", probs, v)                        # (B, L_q, H, d_v)
-    return _output(spec, params, heads)
-
-
-# ---------------------------------------------------------------------------------------
-# The fused path.
 
 def _require_tensorflow_keras(what: str, error=Unsupported) -> None:
     if keras.backend.backend() != "tensorflow":
@@ -180,45 +99,72 @@ def _zero_empty_rows(heads, visible):
     """
     if visible.shape.rank == 2:
         visible = visible[None, None]
-    has_key = tf.transpose(tf.reduce_any(visible, axis=-1), [0, 2, 1])[..., None]  # (b, L_q, h, 1)
+    has_key = tf.transpose(tf.reduce_any(visible, axis=-1), [0, 2, 1])[..., None]  # (B|1, L_q, H|1, 1)
     return tf.where(has_key, heads, 0.0)
 
 
-def fused_attention(spec: AttentionSpec, params, query, key, value, mask=None, bias=None,
-                    training=False, seed=None):
-    """SPEC section 3 with the per-head core on ``keras.ops.dot_product_attention``."""
-    if spec.softcap is not None or (training and spec.dropout > 0):
-        return attention(spec, params, query, key, value, mask, bias, training, seed)
-    _check_mask_and_bias(mask, bias)
-    q, k, v = _project_heads(spec, params, query, key, value)
+def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_rate=0.0,
+                    seed=None):
+    """What ``explicit_attention`` computes, the core on ``keras.ops.dot_product_attention``."""
+    if spec.softcap is not None or dropout_rate:
+        return explicit_attention(spec, q, k, v, mask, bias, dropout_rate, seed)
     if spec.H_kv == 1 < spec.H:  # the TF op repeats key/value heads only when 1 < H_kv < H
-        k, v = _share_kv_heads(k, spec.H), _share_kv_heads(v, spec.H)
+        k, v = _share_kv_heads(k, spec.H), _share_kv_heads(v, spec.H)  # (B, L_k, H, d)
 
     dtype = q.dtype
-    q, k, v = _widen(q, k, v)   # the op's einsums would accumulate 16-bit inputs in 16 bits
+    q, k, v = widen(q, k, v)   # the op's einsums would accumulate 16-bit inputs in 16 bits
     # The op casts the scale to its logits' dtype; a Python float would go through float32
     # on the way (a 1e-8 error in every float64 logit), so it gets the scale in that dtype.
     scale = tf.constant(spec.logit_scale, q.dtype)
-    if mask is None and spec.causal == "top_left" and spec.window is None:
-        # The op's own causal rule is top-left (a lower-triangular band).
+    L_q, L_k = length(q), length(k)
+    static = isinstance(L_q, int) and isinstance(L_k, int)
+    if mask is None and spec.window is None and (
+            spec.causal == "top_left" or (spec.causal == "bottom_right" and static and L_q == L_k)):
+        # The op's own causal rule is top-left (a lower-triangular band); bottom-right
+        # agrees with it where L_q == L_k.
         heads = keras.ops.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=True)
     else:
-        visible = _visibility(spec, mask, tf.shape(query)[1], tf.shape(key)[1])
+        visible = visibility(spec, L_q, L_k, mask)
         heads = keras.ops.dot_product_attention(q, k, v, bias=bias, mask=visible, scale=scale)
-        if visible is not None:
+        rows_all_see_keys = (mask is None and static
+                             and structural_rows_with_keys(spec, L_q, L_k).all())
+        if visible is not None and not rows_all_see_keys:
             heads = _zero_empty_rows(heads, visible)
-    return _output(spec, params, tf.cast(heads, dtype))
+    return tf.cast(heads, dtype)                                        # (B, L_q, H, d_v)
+
+
+def attention_fn(spec: AttentionSpec, core):
+    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or ``fused_attention``)."""
+    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
+        check_mask_and_bias(mask, bias)
+        q = project(spec, params, query, "q")                          # (B, L_q, H, d_k)
+        k = project(spec, params, key, "k")                            # (B, L_k, H_kv, d_k)
+        v = project(spec, params, value, "v")                          # (B, L_k, H_kv, d_v)
+        heads = core(spec, q, k, v, mask, bias, spec.dropout if training else 0.0, seed)
+        return output(spec, params, heads)                             # (B, L_q, E_o)
+    return fn
+
+
+def explicit(spec: AttentionSpec):
+    """Every step of the formula in TensorFlow ops (the body of ``MultiHeadAttention``)."""
+    return attention_fn(spec, explicit_attention)
+
+
+def fused(spec: AttentionSpec):
+    """The per-head core on ``keras.ops.dot_product_attention`` (explicit where it cannot)."""
+    _require_tensorflow_keras("tensorflow.fused")
+    return attention_fn(spec, fused_attention)
 
 
 # ---------------------------------------------------------------------------------------
-# The Keras layer and the factories (SPEC section 5).
+# The Keras layer.
 
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention as a Keras layer, configured by an ``AttentionSpec``.
 
     Its weights are the canonical ones (``x @ W``), named as in the spec: ``wq``, ``wk``,
     ``wv``, ``wo`` and, with bias, ``bq``, ``bk``, ``bv``, ``bo``, in that order.
-    ``fused=True`` computes with ``fused_attention`` instead of ``attention``.
+    ``fused=True`` computes with ``fused_attention`` instead of ``explicit_attention``.
 
     ``layer(query, key=None, value=None, attention_mask=None, attention_bias=None,
     training=None, seed=None)``: key defaults to query and value to key (self-attention);
@@ -243,9 +189,8 @@ class MultiHeadAttention(keras.layers.Layer):
         key = query if key is None else key
         value = key if value is None else value
         params = {name: variable.value for name, variable in self.canonical.items()}
-        compute = fused_attention if self.fused else attention
-        return compute(self.spec, params, query, key, value, attention_mask, attention_bias,
-                       bool(training), seed)
+        fn = attention_fn(self.spec, fused_attention if self.fused else explicit_attention)
+        return fn(params, query, key, value, attention_mask, attention_bias, bool(training), seed)
 
     @classmethod
     def from_canonical(cls, spec: AttentionSpec, weights, **kwargs) -> "MultiHeadAttention":
@@ -267,21 +212,3 @@ class MultiHeadAttention(keras.layers.Layer):
         config = dict(config)
         return cls(AttentionSpec.from_dict(config.pop("spec")), **config)
 
-
-def explicit(spec: AttentionSpec):
-    """Every step of the formula in TensorFlow ops (the body of ``MultiHeadAttention``)."""
-
-    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        return attention(spec, params, query, key, value, mask, bias, training, seed)
-
-    return fn
-
-
-def fused(spec: AttentionSpec):
-    """The per-head core on ``keras.ops.dot_product_attention`` (explicit where it cannot)."""
-    _require_tensorflow_keras("tensorflow.fused")
-
-    def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        return fused_attention(spec, params, query, key, value, mask, bias, training, seed)
-
-    return fn

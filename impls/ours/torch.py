@@ -1,20 +1,15 @@
-"""Our PyTorch implementation of the attention spec (SPEC section 3).
-
-Two paths share the projections and the masks, and differ only in the attention core:
+"""Our PyTorch implementation of the attention spec (SPEC section 3), following the contract
+in ``attnsuite.impls.ours``. Heads are (B, heads, L, d).
 
 - ``explicit``: the math written out (logits, softcap, bias, masked softmax, dropout,
   weighted sum), in the style of nanoGPT's CausalSelfAttention;
 - ``fused``: ``torch.nn.functional.scaled_dot_product_attention``, falling back to the
   explicit core for the one feature SDPA cannot express (softcap).
 
-Both give a query row with no visible key a zero output and a zero gradient, and both
-accept ``training=True`` with a ``seed`` for dropout. ``MultiHeadAttention`` is the same
-computation as an ``nn.Module`` for use in a model.
+``MultiHeadAttention`` is the same computation as an ``nn.Module`` for use in a model.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
@@ -22,87 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnsuite.impls.convert import torch as convert
+from attnsuite.impls.ops.torch import (causal_lower_right, check_mask_and_bias, output, project,
+                                       seeded, visibility)
+from attnsuite.impls.oracle import structural_rows_with_keys
 from attnsuite.impls.spec import AttentionSpec
 
-# ---------------------------------------------------------------------------------------
-# Pieces shared by both paths (and by the built-in SDPA adapter).
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, L, heads*d) -> (B, heads, L, d)."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, L, d) -> (B, L, heads*d)."""
-    return x.transpose(1, 2).flatten(2)
-
-
-def project(params: dict, x: torch.Tensor, letter: str) -> torch.Tensor:
-    """x @ w{letter} + b{letter}, the bias only where the spec has one."""
-    y = x @ params["w" + letter]
-    bias = params.get("b" + letter)
-    return y if bias is None else y + bias
-
-
-def project_heads(spec: AttentionSpec, params: dict, query, key, value):
-    """Q (B, H, L_q, d_k), K (B, H_kv, L_k, d_k), V (B, H_kv, L_k, d_v)."""
-    return (split_heads(project(params, query, "q"), spec.H),
-            split_heads(project(params, key, "k"), spec.H_kv),
-            split_heads(project(params, value, "v"), spec.H_kv))
-
-
-def structural_visibility(spec: AttentionSpec, L_q: int, L_k: int, device) -> torch.Tensor | None:
-    """(L_q, L_k) bool, the causal and window rules (True = visible); None if there are none.
-
-    Built with torch ops on ``device`` (no host copy per call); it equals
-    ``attnsuite.impls.oracle.structural_mask``, which the tests check.
-    """
-    if spec.causal is None and spec.window is None:
-        return None
-    shifted_i = torch.arange(L_q, device=device)[:, None]
-    if spec.causal == "bottom_right":
-        shifted_i = shifted_i + (L_k - L_q)
-    offset = torch.arange(L_k, device=device)[None, :] - shifted_i     # j - i'
-    visible = torch.ones(L_q, L_k, dtype=torch.bool, device=device)
-    if spec.causal is not None:
-        visible = visible & (offset <= 0)
-    if spec.window is not None:
-        left, right = spec.window
-        visible = visible & (offset >= -left) & (offset <= right)
-    return visible
-
-
-def visible_keys(spec: AttentionSpec, L_q: int, L_k: int, mask, device) -> torch.Tensor | None:
-    """Bool, broadcastable to (B, H, L_q, L_k): the structural rules and the user's mask."""
-    visible = structural_visibility(spec, L_q, L_k, device)
-    if mask is None:
-        return visible
-    return mask if visible is None else visible & mask
-
-
-def causal_lower_right(L_q: int, L_k: int):
-    """torch's bottom-right causal mask object for SDPA. Imported on first use: its module
-    imports torch._dynamo, seconds that most runs never need."""
-    from torch.nn.attention.bias import causal_lower_right as lower_right
-
-    return lower_right(L_q, L_k)
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device):
-    """Run the block on the global RNG seeded with ``seed`` (its state restored after);
-    leave the RNG alone when seed is None. SDPA's dropout draws from the global RNG."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-# ---------------------------------------------------------------------------------------
-# The explicit core.
+__all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
+           "fused_attention", "attention_fn", "explicit", "fused", "kernel", "MultiHeadAttention"]
 
 
 def masked_softmax(logits: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
@@ -113,98 +34,88 @@ def masked_softmax(logits: torch.Tensor, visible: torch.Tensor | None) -> torch.
     """
     if visible is None:
         return logits.softmax(dim=-1)
-    has_key = visible.any(dim=-1, keepdim=True)
+    has_key = visible.any(dim=-1, keepdim=True)                          # (B|1, H|1, L_q, 1)
     logits = logits.masked_fill(~visible, float("-inf")).masked_fill(~has_key, 0.0)
     return logits.softmax(dim=-1) * has_key
 
 
-def drop(probs: torch.Tensor, p: float, seed: int | None) -> torch.Tensor:
-    """Zero each weight with probability p, scale the rest by 1 / (1 - p)."""
+def dropout(probs: torch.Tensor, rate: float, seed: int | None) -> torch.Tensor:
+    """Zero each weight with probability ``rate``, scale the rest by 1 / (1 - rate);
+    ``seed=None`` draws from the global RNG."""
     generator = None
     if seed is not None:
         generator = torch.Generator(device=probs.device).manual_seed(seed)
-    keep = torch.rand(probs.shape, generator=generator, device=probs.device) >= p
-    return probs.masked_fill(~keep, 0.0) / (1.0 - p)
+    keep = torch.rand(probs.shape, generator=generator, device=probs.device) >= rate
+    return probs.masked_fill(~keep, 0.0) / (1.0 - rate)
 
 
-def explicit_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_p=0.0,
+def explicit_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_rate=0.0,
                        seed=None) -> torch.Tensor:
-    """Per-head outputs (B, H, L_q, d_v) from Q, K, V as ``project_heads`` gives them."""
-    k = k.repeat_interleave(spec.group_size, dim=1)   # query head h reads kv head h // group
-    v = v.repeat_interleave(spec.group_size, dim=1)
-    att = (q @ k.transpose(-2, -1)) * spec.logit_scale
+    """(B, H, L_q, d_k), (B, H_kv, L_k, d_k), (B, H_kv, L_k, d_v) -> (B, H, L_q, d_v)."""
+    # Query head h reads key/value head h // group_size.
+    k = k.repeat_interleave(spec.group_size, dim=1)                      # (B, H, L_k, d_k)
+    v = v.repeat_interleave(spec.group_size, dim=1)                      # (B, H, L_k, d_v)
+    att = (q @ k.transpose(-2, -1)) * spec.logit_scale                   # (B, H, L_q, L_k)
     if spec.softcap is not None:
         att = spec.softcap * torch.tanh(att / spec.softcap)
     if bias is not None:
         att = att + bias
-    att = masked_softmax(att, visible_keys(spec, q.shape[-2], k.shape[-2], mask, q.device))
-    if dropout_p:
-        att = drop(att, dropout_p, seed)
-    return att @ v
+    att = masked_softmax(att, visibility(spec, q.shape[-2], k.shape[-2], mask, q.device))
+    if dropout_rate:
+        att = dropout(att, dropout_rate, seed)
+    return att @ v                                                        # (B, H, L_q, d_v)
 
 
-# ---------------------------------------------------------------------------------------
-# The fused core.
-
-
-def sdpa_masking(spec: AttentionSpec, L_q: int, L_k: int, mask, bias, device):
+def _sdpa_masking(spec: AttentionSpec, L_q: int, L_k: int, mask, bias, device):
     """(attn_mask, is_causal, has_key) for scaled_dot_product_attention.
 
     SDPA's own causal options serve where the causal rule is the only mask. ``has_key``
     (bool, broadcastable to (B, H, L_q, 1)) marks the rows that see a key; it is None
-    when no row can be empty.
+    when no row can be empty, and then nothing is spent on finding them.
     """
     if mask is None and bias is None and spec.window is None:
         if spec.causal is None:
             return None, False, None
-        if spec.causal == "top_left":
+        if spec.causal == "top_left" or L_q == L_k:  # with L_q == L_k the corners agree
             return None, True, None
-        if L_q <= L_k:  # bottom-right with L_q > L_k leaves the first rows empty
+        if L_q < L_k:  # bottom-right with L_q > L_k leaves the first rows empty
             return causal_lower_right(L_q, L_k), False, None
-    visible = visible_keys(spec, L_q, L_k, mask, device)
+    visible = visibility(spec, L_q, L_k, mask, device)
     if visible is None:  # a bias alone
         return bias, False, None
-    # A row with no visible key may see every key (no NaN anywhere); its output is zeroed.
-    has_key = visible.any(dim=-1, keepdim=True)
-    visible = visible | ~has_key
+    if mask is None and structural_rows_with_keys(spec, L_q, L_k).all():
+        has_key = None  # the rules leave every row a key: no row to fix
+    else:
+        # A row with no visible key may see every key (no NaN anywhere); its output is zeroed.
+        has_key = visible.any(dim=-1, keepdim=True)                      # (B|1, H|1, L_q, 1)
+        visible = visible | ~has_key
     attn_mask = visible if bias is None else torch.where(visible, bias, float("-inf"))
     return attn_mask, False, has_key
 
 
-def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_p=0.0,
+def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_rate=0.0,
                     seed=None) -> torch.Tensor:
     """What ``explicit_attention`` computes, on scaled_dot_product_attention."""
-    L_q, L_k = q.shape[-2], k.shape[-2]
     if spec.softcap is not None:  # SDPA has no hook between the logits and the softmax
-        return explicit_attention(spec, q, k, v, mask, bias, dropout_p, seed)
-    attn_mask, is_causal, has_key = sdpa_masking(spec, L_q, L_k, mask, bias, q.device)
-    with seeded(seed if dropout_p else None, q.device):
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+        return explicit_attention(spec, q, k, v, mask, bias, dropout_rate, seed)
+    attn_mask, is_causal, has_key = _sdpa_masking(spec, q.shape[-2], k.shape[-2], mask, bias,
+                                                  q.device)
+    with seeded(seed if dropout_rate else None, q.device):
+        out = F.scaled_dot_product_attention(                            # (B, H, L_q, d_v)
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_rate, is_causal=is_causal,
             scale=spec.logit_scale, enable_gqa=spec.H_kv != spec.H)
     return out if has_key is None else out * has_key
 
 
-# ---------------------------------------------------------------------------------------
-# The factories (SPEC section 5) and the Module.
-
-
-def _check_rank(name: str, t) -> None:
-    if t is not None and t.dim() not in (2, 4):
-        raise ValueError(f"{name}: must have rank 2 (L_q, L_k) or rank 4 (B, H, L_q, L_k), got "
-                         f"shape {tuple(t.shape)}; rank 3 is ambiguous when B == H")
-
-
-def attention_fn(spec: AttentionSpec, attention):
+def attention_fn(spec: AttentionSpec, core):
     """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or ``fused_attention``)."""
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        _check_rank("mask", mask)
-        _check_rank("bias", bias)
-        if mask is not None and mask.dtype != torch.bool:
-            raise ValueError(f"mask: must be boolean (True = may attend), got dtype {mask.dtype}")
-        q, k, v = project_heads(spec, params, query, key, value)
-        heads = attention(spec, q, k, v, mask, bias, spec.dropout if training else 0.0, seed)
-        return project(params, merge_heads(heads), "o")
+        check_mask_and_bias(mask, bias)
+        q = project(spec, params, query, "q")                            # (B, H, L_q, d_k)
+        k = project(spec, params, key, "k")                              # (B, H_kv, L_k, d_k)
+        v = project(spec, params, value, "v")                            # (B, H_kv, L_k, d_v)
+        heads = core(spec, q, k, v, mask, bias, spec.dropout if training else 0.0, seed)
+        return output(spec, params, heads)                               # (B, L_q, E_o)
     return fn
 
 
@@ -214,6 +125,14 @@ def explicit(spec: AttentionSpec):
 
 def fused(spec: AttentionSpec):
     return attention_fn(spec, fused_attention)
+
+
+def kernel(spec: AttentionSpec):
+    """``fused_attention`` alone, for the kernel benchmark (``attnsuite.impls.kernels``)."""
+    def fn(params, q, k, v):
+        return fused_attention(spec, q, k, v)
+    fn.layout = "BHLD"
+    return fn
 
 
 class MultiHeadAttention(nn.Module):
@@ -254,3 +173,4 @@ class MultiHeadAttention(nn.Module):
     def to_canonical(self) -> dict[str, np.ndarray]:
         """The layer's weights in the canonical layout, as NumPy arrays."""
         return convert.to_numpy(convert.module_to_canonical(self.state_dict()))
+
