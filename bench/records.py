@@ -1,11 +1,13 @@
-"""The shape of one measurement record (one line of ``bench.json``).
+"""The shape of one measurement record (a ``point`` line of ``records.jsonl``).
 
 A record is one implementation × configuration × compile mode × pass. Its ``status``
 is ``ok`` (timed), ``unsupported`` (the implementation or framework declined the case),
 ``unavailable`` (framework not installed), ``error`` (it raised, or is not written yet),
 ``oom``, ``timeout`` (killed past the point's time limit), ``over_budget`` (skipped: a
 smaller size predicts it would not fit), or ``crashed`` (its process died). Only ``ok``
-records carry timings; every record carries its environment.
+records carry timings: the statistics and the raw per-call times of every timed block
+(``samples_s``), which ``bench compare`` tests. A record is built with its environment
+(``env``); the store keeps that once per run (``attnsuite.bench.store.RunWriter``).
 """
 
 from __future__ import annotations
