@@ -12,8 +12,12 @@ never two runs pooled). Each matched pair gets one verdict (``judge``):
 - ``unchanged``: the interval lies inside [1 / (1 + threshold), 1 + threshold].
 - ``uncertain``: the samples cannot tell, and the reason says why: too few samples, no
   samples (a record from before samples were kept, or pytest-benchmark without
-  ``--benchmark-save-data``), a timer that never settled, or an interval that straddles
-  the threshold.
+  ``--benchmark-save-data``), a machine oversubscribed while either side ran (other
+  processes busy on the CPUs the run needed, ``oversubscribed``: the process then gets a
+  fraction of a core, and two runs differ by the load, not the code; measured here, 2x
+  to 5x at load 8-10 on 2 CPUs), a timer that never settled, or an interval that straddles the
+  threshold. The load check is for two separate runs; an interleaved run (both sides in
+  one session, ``attnsuite.bench.interleaved``) shares the load and skips it.
 
 Only ``regressed`` fails a gate (exit 1).
 """
@@ -30,6 +34,7 @@ CONFIG_KEY = ("batch", "L_q", "L_k", "d_model", "heads", "kv_heads", "dtype", "c
 KEY = ("machine", "impl", "compile", "pass", *CONFIG_KEY)
 VERDICTS = ("regressed", "improved", "unchanged", "uncertain")
 ALPHA = 0.05
+CONTENTION_TOLERANCE = 0.25  # CPUs of background activity that do not count as contention
 MIN_SAMPLES = 5  # the fewest a side for which Mann–Whitney can reach p < 0.05 (two-sided)
 
 
@@ -48,8 +53,31 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA) -> Verdict:
-    """The verdict on one point, from the baseline's and the candidate's records."""
+def oversubscribed(record: dict) -> str | None:
+    """Why the machine was too busy around this record to compare it with another run, or
+    None. Measured: other processes kept more CPUs busy during the timing than the run
+    left free (its ``--threads`` cap, else every CPU; ``bench.contention``). Else, for a
+    record without that figure: the load average above the usable CPUs."""
+    env = record.get("env") or {}
+    cpus = env.get("cpus_usable") or env.get("cpu_count")
+    if not isinstance(cpus, int):
+        return None
+    others = record.get("others_cpus")
+    if isinstance(others, (int, float)):
+        needed = min(env.get("threads") or cpus, cpus)
+        if others + needed > cpus + CONTENTION_TOLERANCE:
+            return f"other processes used {others:.1f} of {cpus} CPUs"
+        return None
+    load = record.get("load_avg_1min", env.get("load_avg_1min"))
+    if isinstance(load, (int, float)) and load > cpus:
+        return f"load {load:.1f} on {cpus} CPUs"
+    return None
+
+
+def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA,
+          same_session: bool = False) -> Verdict:
+    """The verdict on one point, from the baseline's and the candidate's records;
+    ``same_session``: the two were timed in alternation (no load check)."""
     check_threshold(threshold)
     base_ok, cand_ok = base.get("status") == "ok", cand.get("status") == "ok"
     if not (base_ok and cand_ok):
@@ -71,12 +99,17 @@ def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA) -> 
     slower, faster = 1 + threshold, 1 / (1 + threshold)
     found = dict(ratio=ratio, ci=(low, high), p=p)
     significant = p < alpha
+    if faster <= low and high <= slower:
+        return Verdict("unchanged", "within the threshold", **found)
+    if not same_session:
+        busy = [f"{side} ({why})" for side, r in (("baseline", base), ("candidate", cand))
+                if (why := oversubscribed(r))]
+        if busy:
+            return Verdict("uncertain", f"machine oversubscribed in the {' and '.join(busy)}", **found)
     if significant and low > slower:
         return Verdict("regressed", f"slower by more than {threshold:.0%}", **found)
     if significant and high < faster:
         return Verdict("improved", f"faster by more than {threshold:.0%}", **found)
-    if faster <= low and high <= slower:
-        return Verdict("unchanged", "within the threshold", **found)
     unstable = [side for side, r in (("baseline", base), ("candidate", cand)) if r.get("stable") is False]
     if unstable:
         return Verdict("uncertain", f"timer unstable in the {' and '.join(unstable)}", **found)
@@ -105,11 +138,13 @@ def latest(records: list[dict], fields=KEY) -> dict[tuple, dict]:
     return found
 
 
-def compare_records(base: list[dict], cand: list[dict], threshold: float, fields=KEY) -> list[Change]:
+def compare_records(base: list[dict], cand: list[dict], threshold: float, fields=KEY,
+                    same_session: bool = False) -> list[Change]:
     """Every point present in both, as a ``Change`` (in the baseline's order)."""
     check_threshold(threshold)
     old, new = latest(base, fields), latest(cand, fields)
-    return [Change(dict(zip(fields, key)), old[key], new[key], judge(old[key], new[key], threshold))
+    return [Change(dict(zip(fields, key)), old[key], new[key],
+                   judge(old[key], new[key], threshold, same_session=same_session))
             for key in old if key in new]
 
 
@@ -118,7 +153,8 @@ def pair_up(records: list[dict], threshold: float) -> list[Change]:
     everything but the implementation (the two may be one implementation: an A/A test)."""
     fields = tuple(k for k in KEY if k != "impl")
     return compare_records([r for r in records if r.get("role") == "baseline"],
-                           [r for r in records if r.get("role") == "candidate"], threshold, fields)
+                           [r for r in records if r.get("role") == "candidate"], threshold, fields,
+                           same_session=True)
 
 
 def counts(changes: list[Change]) -> dict[str, int]:

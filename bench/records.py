@@ -6,13 +6,15 @@ is ``ok`` (timed), ``unsupported`` (the implementation or framework declined the
 ``oom``, ``timeout`` (killed past the point's time limit), ``over_budget`` (skipped: a
 smaller size predicts it would not fit), or ``crashed`` (its process died). Only ``ok``
 records carry timings: the statistics and the raw per-call times of every timed block
-(``samples_s``), which ``bench compare`` tests. A record is built with its environment
+(``samples_s``), which ``bench compare`` tests, and the machine's load average
+when the point was done. A record is built with its environment
 (``env``); the store keeps that once per run (``attnsuite.bench.store.RunWriter``).
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import uuid
 from typing import Any
 
@@ -39,6 +41,9 @@ def new_record(point: Point, pass_: str, status: str, *, run_id: str, env: dict[
         **point.config.to_dict(),
         "status": status,
         "reason": reason,
+        # How busy the machine was around this point (``bench compare`` distrusts a
+        # comparison across an oversubscribed machine): the 1-minute load average.
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         **measured,
         "env": env,
     }

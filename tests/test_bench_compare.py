@@ -102,3 +102,25 @@ def test_an_interleaved_run_pairs_baseline_and_candidate_of_one_implementation()
     changes = compare.pair_up(records, 0.1)
     assert [(c.key["pass"], c.verdict.verdict) for c in changes] == [
         ("forward", "regressed"), ("forward_backward", "unchanged")]
+
+
+def test_two_runs_on_an_oversubscribed_machine_are_uncertain_unless_interleaved():
+    """Load 10 on 2 CPUs: a 3x slower candidate may be the load, not the code."""
+    base, cand = point(samples(1.0, seed=1)), point(samples(3.0, seed=2))
+    base.update(load_avg_1min=1.2, env={"cpus_usable": 2})
+    cand.update(load_avg_1min=10.0, env={"cpus_usable": 2})
+    got = compare.judge(base, cand, 0.1)
+    assert got.verdict == "uncertain" and "load 10.0 on 2 CPUs" in got.reason, got
+    assert compare.judge(base, cand, 0.1, same_session=True).verdict == "regressed"
+    cand["load_avg_1min"] = 1.9
+    assert compare.judge(base, cand, 0.1).verdict == "regressed"
+    same = point(samples(1.0, seed=3)) | {"load_avg_1min": 10.0, "env": {"cpus_usable": 2}}
+    assert compare.judge(base, same, 0.1).verdict == "unchanged", "the samples alone settle it"
+
+
+@pytest.mark.parametrize("others, threads, busy", [(0.1, 1, False), (1.1, 1, False), (1.5, 1, True),
+                                                    (0.5, None, True), (0.1, None, False)])
+def test_contention_measured_during_the_timing_decides(others, threads, busy):
+    """2 CPUs: a run capped at one thread leaves one CPU to others; an uncapped one none."""
+    record = {"others_cpus": others, "load_avg_1min": 0.0, "env": {"cpus_usable": 2, "threads": threads}}
+    assert (compare.oversubscribed(record) is not None) is busy
