@@ -22,6 +22,8 @@ def _repeat() -> int:
 def torch_fused(spec):
     inner = resolve("torch.fused")[1](spec)
     repeat = _repeat()
+    if repeat == 1:  # the unchanged code itself, not a wrapper around it
+        return inner
 
     def fn(params, query, key, value, mask=None, bias=None, **kwargs):
         outputs = [inner(params, query, key, value, mask, bias, **kwargs) for _ in range(repeat)]
@@ -32,6 +34,8 @@ def torch_fused(spec):
 def numpy_oracle(spec):
     inner = oracle.factory(spec)
     repeat = _repeat()
+    if repeat == 1:
+        return inner
 
     def fn(params, query, key, value, mask=None, bias=None):
         return [inner(params, query, key, value, mask, bias) for _ in range(repeat)][-1]
