@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attnsuite.files import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -210,20 +211,22 @@ def _series_label(values: dict, varying: list[str]) -> str:
 
 
 def _plot_vs_length(df: pd.DataFrame, y: str, ylabel: str, scale: float, title: str) -> bytes:
-    """Rows: the passes; columns: the frameworks. One line per implementation (and per run,
-    when there are several), error bars from the first to the third quartile. Our
-    implementations are drawn solid and thick, the native ones dashed, the oracle dotted."""
+    """Rows: the passes; columns: the frameworks. One colour per implementation (and one
+    marker per run, when there are several), error bars from the first to the third
+    quartile. Our implementations are drawn solid and thick, the native ones dashed, the
+    oracle dotted; the parameters all lines share are in the title."""
     ok = df[(df["status"] == "ok") & df[y].notna()]
     frameworks = [f for f in FRAMEWORK_ORDER if f in set(ok["framework"])] or ["(none)"]
-    fig, axes = plt.subplots(len(PASSES), len(frameworks), figsize=(4.6 * len(frameworks) + 1, 8.5),
-                             squeeze=False, sharex=True)
-    fixed, varying = fixed_parameters(ok) if not ok.empty else ("", [])
+    fig, axes = plt.subplots(len(PASSES), len(frameworks), figsize=(4.6 * len(frameworks) + 1, 9),
+                             squeeze=False)
+    fixed, _ = fixed_parameters(ok) if not ok.empty else ("", [])
+    runs = list(dict.fromkeys(ok["run_id"])) if not ok.empty else []
     # The interquartile range of the time; for a rate (1 / time) the quartiles swap over.
     low, high = ("q1_s", "q3_s") if y == "median_s" else ("q3_s", "q1_s")
     for column, framework in enumerate(frameworks):
         part_fw = ok[ok["framework"] == framework]
-        lines = sorted(part_fw.groupby(SERIES_COLUMNS, dropna=False).groups)
-        colours = {key: plt.cm.tab10(i % 10) for i, key in enumerate(lines)}
+        _, varying = fixed_parameters(part_fw) if not part_fw.empty else ("", [])
+        impls = sorted(set(part_fw["impl"]))
         for row, pass_ in enumerate(PASSES):
             ax = axes[row][column]
             for key, series in part_fw[part_fw["pass"] == pass_].groupby(SERIES_COLUMNS, dropna=False):
@@ -231,22 +234,31 @@ def _plot_vs_length(df: pd.DataFrame, y: str, ylabel: str, scale: float, title: 
                 values = dict(zip(SERIES_COLUMNS, key))
                 centre = series[y] * scale
                 below, above = _error_bars(series, y, low, high, scale, centre)
-                ax.errorbar(series["L_q"], centre, yerr=[below, above], capsize=3, marker="o", markersize=4,
-                            color=colours[key], label=_series_label(values, varying),
+                run = runs.index(values["run_id"]) if values["run_id"] in runs else 0
+                ax.errorbar(series["L_q"], centre, yerr=[below, above], capsize=3, markersize=5,
+                            marker="osD^v"[run % 5], alpha=1.0 if run == 0 else 0.7,
+                            color=plt.cm.tab10(impls.index(values["impl"]) % 10),
+                            label=_series_label(values, varying),
                             **KIND_STYLE.get(series["kind"].iloc[0], KIND_STYLE["builtin"]))
+            lengths = sorted(set(part_fw["L_q"]))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(lengths, [str(v) for v in lengths])
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
             ax.grid(True, which="both", alpha=0.3)
-            ax.set_title(f"{framework}: {pass_.replace('_', ' + ')}", fontsize=10)
-            if row == len(PASSES) - 1:
-                ax.set_xlabel("sequence length L_q")
+            modes = sorted(set(part_fw["compile"]))
+            ax.set_title(f"{framework} ({'/'.join(modes)}): {pass_.replace('_', ' + ')}", fontsize=10)
             if column == 0:
                 ax.set_ylabel(ylabel)
-            if row == 0 and ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{title} ({fixed}); bars: interquartile range; solid: ours, dashed: native, dotted: oracle",
-                 fontsize=10)
-    fig.tight_layout()
+        axes[-1][column].set_xlabel("sequence length L_q")
+        handles, labels = axes[0][column].get_legend_handles_labels()
+        if handles:
+            axes[-1][column].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                                    fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: {fixed}\nbars: interquartile range; solid: ours, dashed: native, dotted: oracle"
+                 + ("; one marker per run" if len(runs) > 1 else ""), fontsize=10)
     return _png(fig)
 
 
