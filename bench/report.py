@@ -83,7 +83,6 @@ def frame(records: list[dict]) -> pd.DataFrame:
                    framework_version=framework.get("version"),
                    versions=", ".join(f"{k} {versions[k]}" for k in FRAMEWORK_PACKAGES if k in versions),
                    commit=(env.get("git") or {}).get("commit"))
-        row.pop("samples_s", None)  # the raw samples stay in the store
         rows.append(row)
     df = pd.DataFrame(rows)
     for column in ("median_s", "q1_s", "q3_s", "iqr_s", "flops_per_s", "pct_peak", "params",
@@ -335,7 +334,7 @@ def write_report(records: list[dict], out_dir, title: str = "attnsuite benchmark
     page += ["<h2>Figures</h2>"] + [f"<p><img src='{name}' alt='{name}'></p>" for name in figures]
     page += ["</body></html>"]
 
-    atomic_write_text(out / "bench.csv", df.to_csv(index=False))
+    atomic_write_text(out / "bench.csv", df.drop(columns=["samples_s"], errors="ignore").to_csv(index=False))
     atomic_write_text(out / "bench.md", "\n".join(md))
     atomic_write_text(out / "bench.html", "\n".join(page))
     for name, png in figures.items():
