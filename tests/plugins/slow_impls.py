@@ -54,8 +54,11 @@ def torch_fused(spec):
 
 
 def numpy_oracle(spec):
+    """Whole repeats only."""
     inner = oracle.factory(spec)
     extra = _extra_calls(_repeat())
+    if any(fraction != 1.0 for fraction in extra):
+        raise ValueError(f"ATTNSUITE_TEST_REPEAT: numpy_oracle repeats whole calls, got {_repeat()}")
     if not extra:
         return inner
 
