@@ -174,8 +174,8 @@ class _WarningsAsLines(warnings.catch_warnings):
 
 def load_results(location) -> list[dict]:
     """A harness store or a pytest-benchmark file."""
-    path = store.store_path(location)
-    if path.exists() and store.is_pytest_benchmark(path):
+    path = Path(location)
+    if path.is_file() and store.is_pytest_benchmark(path):
         return pytest_json.load(path)
     with _WarningsAsLines():
         return store.load(location)

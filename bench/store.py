@@ -45,14 +45,23 @@ class StoreError(ValueError):
 
 
 def store_path(location: str | os.PathLike) -> Path:
-    """A results directory or a store file -> the store's path (a directory of the first
-    format: its ``bench.json``)."""
+    """A results directory or a store file -> the file new records go to."""
+    path = Path(location)
+    return path if path.suffix in (".json", ".jsonl") else path / STORE_NAME
+
+
+def read_paths(location) -> list[Path]:
+    """The files a results directory holds records in: a ``bench.json`` of the first format
+    (older runs), then ``records.jsonl``; or the one file named."""
     path = Path(location)
     if path.suffix in (".json", ".jsonl"):
-        return path
-    if not (path / STORE_NAME).exists() and (path / LEGACY_NAME).exists():
-        return path / LEGACY_NAME
-    return path / STORE_NAME
+        candidates = [path]
+    else:
+        candidates = [path / LEGACY_NAME, path / STORE_NAME]
+    found = [p for p in candidates if p.exists()]
+    if not found:
+        raise FileNotFoundError(f"{store_path(location)}: no benchmark results here")
+    return found
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -181,9 +190,10 @@ def is_pytest_benchmark(path: Path) -> bool:
 
 def load(location) -> list[dict[str, Any]]:
     """Every complete point record, in order, each with its environment (``env``)."""
-    path = store_path(location)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no benchmark results here")
+    return [record for path in read_paths(location) for record in _load_file(path)]
+
+
+def _load_file(path: Path) -> list[dict[str, Any]]:
     if is_pytest_benchmark(path):
         raise StoreError(f"{path}: a pytest-benchmark file, not a harness store "
                          f"(`attnsuite bench compare` reads it; reports come from `attnsuite bench --out DIR`)")

@@ -319,3 +319,11 @@ def test_a_truncated_pytest_benchmark_file_is_one_line(tmp_path, capsys):
     assert cli.main(["compare", str(path), str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "pb.json" in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_new_run_into_a_directory_of_the_first_format_goes_to_its_own_file(tmp_path):
+    old = record()
+    (tmp_path / "bench.json").write_text(json.dumps(old) + "\n")
+    _write_run(tmp_path, "newrun", [sampled(1e-3)])
+    assert (tmp_path / "bench.json").read_text() == json.dumps(old) + "\n", "the old file was written to"
+    assert [r["run_id"] for r in store.load(tmp_path)] == ["r1", "newrun"]
