@@ -27,6 +27,10 @@ from attnsuite.bench.sweeps import Budget, Config, Point, compile_modes
 from attnsuite.impls.errors import Unsupported
 from attnsuite.impls.registry import resolve
 
+# A verdict rests on the samples: more rounds than a sweep's point gets on its own.
+MIN_ROUNDS = 10
+TIME_FACTOR = 3
+
 
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
@@ -112,7 +116,7 @@ def run(base: str, cand: str, configs: list[Config], budget: Budget, compile: li
                     continue
                 measurements = timing.measure_interleaved(
                     [(call, block, loops) for _, _, _, call, block, loops, _ in prepared],
-                    min_runs=budget.min_runs, max_time=budget.max_time)
+                    min_runs=max(budget.min_runs, MIN_ROUNDS), max_time=TIME_FACTOR * budget.max_time)
                 for (point, entry, workload, *_, first), m in zip(prepared, measurements):
                     work = flops.attention_flops(workload.spec, config.batch, config.L_q, config.L_k, pass_,
                                                  core=workload.core)
