@@ -211,6 +211,7 @@ def _interleaved(args) -> list:
         configs, budget = sweep(args.sweep, args.device, args.dtype)
     except ValueError as exc:
         raise _UsageError(f"attnsuite bench compare: {exc}") from exc
+    interleaved.resolve_pair(args.base, args.cand)  # a pair that cannot share a process: say so first
     console.print(f"[bold]attnsuite bench compare --interleaved[/] {args.base} (baseline) and {args.cand}: "
                   f"{args.sweep} sweep on {args.device}")
     with console.status("starting") as status:
