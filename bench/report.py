@@ -38,10 +38,11 @@ SERIES_COLUMNS = ["machine", "run_id", "impl", "compile", "batch", "d_model", "h
 FIXED_COLUMNS = {"batch": "B={}", "d_model": "E={}", "heads": "H={}", "kv_heads": "kv heads={}",
                  "dtype": "{}", "causal": "causal={}", "device": "{}", "compile": "compile={}",
                  "machine": "on {}"}
-RUN_ID_SHOWN = 8
+RUN_ID_SHOWN = 8  # characters of a run id in tables and legends
 FRAMEWORK_ORDER = ("numpy", "torch", "tensorflow", "jax")
 KIND_STYLE = {"ours": dict(linestyle="-", linewidth=2.4), "builtin": dict(linestyle="--", linewidth=1.2),
-              "kernel": dict(linestyle="--", linewidth=1.2), "oracle": dict(linestyle=":", linewidth=1.2)}  # characters of a run id in tables and legends
+              "kernel": dict(linestyle="--", linewidth=1.2), "oracle": dict(linestyle=":", linewidth=1.2),
+              "plugin": dict(linestyle="-.", linewidth=1.2)}
 
 
 def run_ids(records: list[dict]) -> list[str]:
@@ -87,7 +88,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for column in ("median_s", "q1_s", "q3_s", "iqr_s", "flops_per_s", "pct_peak", "params",
                    "params_expected", "params_source", "params_mismatch", "peak_memory_bytes",
-                   "peak_memory_delta_bytes", "compile_s", "runs", "loops", "reason", "stable", "kind"):
+                   "peak_memory_delta_bytes", "compile_s", "runs", "loops", "reason", "stable", "kind", "others_cpus"):
         if column not in df:
             df[column] = math.nan
     return df
@@ -117,6 +118,7 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
         "IQR %": (100 * ordered["iqr_s"] / ordered["median_s"]).map(lambda v: _fmt(v, ".1f")),
         "runs×loops": [f"{int(r)}×{int(lp)}" if r == r else "" for r, lp in zip(ordered["runs"], ordered["loops"])],
         "stable": ordered["stable"].map(stable_text),
+        "others' CPUs": ordered["others_cpus"].map(lambda v: _fmt(v, ".1f")),
         "compile s": ordered["compile_s"].map(lambda v: _fmt(v, ".3g")),
         "GFLOP/s": (ordered["flops_per_s"] / 1e9).map(lambda v: _fmt(v, ".3g")),
         "% peak": ordered["pct_peak"].map(lambda v: _fmt(v, ".1f")),
@@ -256,8 +258,8 @@ def _plot_vs_length(df: pd.DataFrame, y: str, ylabel: str, scale: float, title: 
         if handles:
             axes[-1][column].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16),
                                     fontsize=7, frameon=False)
-    fig.suptitle(f"{title}: {fixed}\nbars: interquartile range; solid: ours, dashed: native, dotted: oracle"
-                 + ("; one marker per run" if len(runs) > 1 else ""), fontsize=10)
+    fig.suptitle(f"{title}: {fixed}\nbars: interquartile range; solid: ours, dashed: native, dotted: oracle, "
+                 f"dash-dot: plug-in" + ("; one marker per run" if len(runs) > 1 else ""), fontsize=10)
     return _png(fig)
 
 
@@ -314,7 +316,9 @@ def write_report(records: list[dict], out_dir, title: str = "attnsuite benchmark
                 ("Not measured", problems)]
     intro = (f"Generated {generated} from {len(df)} records. Times are the median of `runs` "
              f"timed blocks of `loops` calls (IQR % = interquartile range / median); compile s = "
-             f"first call minus the median. FLOPs: {FORMULA_VERSION}. % peak is against a "
+             f"first call minus the median; stable: the spread settled within the time budget; "
+             f"others' CPUs: how many CPUs other processes kept busy while the point was timed. "
+             f"FLOPs: {FORMULA_VERSION}. % peak is against a "
              f"large matmul measured in the same process, framework and dtype. Memory: the peak of "
              f"the process's resident set (CPU) or of the device allocator (GPU) during one call "
              f"(mem peak), and its rise above the level before the call (mem +).")
