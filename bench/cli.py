@@ -173,12 +173,15 @@ class _WarningsAsLines(warnings.catch_warnings):
 
 
 def load_results(location) -> list[dict]:
-    """A harness store or a pytest-benchmark file."""
-    path = Path(location)
-    if path.is_file() and store.is_pytest_benchmark(path):
-        return pytest_json.load(path)
-    with _WarningsAsLines():
-        return store.load(location)
+    """A harness store or a pytest-benchmark file (or a directory holding one as bench.json)."""
+    records = []
+    for path in store.read_paths(location):
+        if store.is_pytest_benchmark(path):
+            records += pytest_json.load(path)
+        else:
+            with _WarningsAsLines():
+                records += store.load(path)
+    return records
 
 
 def _compare(args) -> int:

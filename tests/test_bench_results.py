@@ -327,3 +327,12 @@ def test_a_new_run_into_a_directory_of_the_first_format_goes_to_its_own_file(tmp
     _write_run(tmp_path, "newrun", [sampled(1e-3)])
     assert (tmp_path / "bench.json").read_text() == json.dumps(old) + "\n", "the old file was written to"
     assert [r["run_id"] for r in store.load(tmp_path)] == ["r1", "newrun"]
+
+
+def test_compare_finds_pytest_benchmark_json_saved_as_bench_json_in_a_directory(tmp_path):
+    """The old clash: pytest-benchmark's file under the harness's first-format name."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _pytest_benchmark_file(tmp_path / "a" / "bench.json", 1.0)
+    _pytest_benchmark_file(tmp_path / "b" / "bench.json", 2.0, seed=5)
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
