@@ -4,7 +4,7 @@
                     [--device cpu|gpu] [--compile MODE ...] [--out DIR] [--machine NAME]
                     [--threads N]
     attnsuite bench compare BASE CAND [--threshold 0.1] [--json FILE]
-    attnsuite bench compare --interleaved BASE_IMPL CAND_IMPL [--sweep ...] [--threads N] [--out DIR]
+    attnsuite bench compare --interleaved BASE_IMPL CAND_IMPL [--sweep ...] [--threads N] [--rounds N] [--out DIR]
     attnsuite report DIR [DIR ...] [--out DIR] [--run ID ...] [--drop-run ID ...]
 
 BASE and CAND are results directories, store files (records.jsonl, or bench.json of the
@@ -88,6 +88,8 @@ def _compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="+", default=["natural"], choices=["natural", "all", *COMPILE_MODES],
                    help="with --interleaved")
     p.add_argument("--threads", type=int, help="with --interleaved")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="with --interleaved: at least this many timed blocks of each (default 10)")
     p.add_argument("--machine", help="with --interleaved")
     p.add_argument("--out", type=Path, default=Path("out/bench-interleaved"),
                    help="with --interleaved: where its records go (appended to)")
@@ -214,12 +216,14 @@ def _interleaved(args) -> list:
         configs, budget = sweep(args.sweep, args.device, args.dtype)
     except ValueError as exc:
         raise _UsageError(f"attnsuite bench compare: {exc}") from exc
+    if args.rounds < compare_mod.MIN_SAMPLES:
+        raise _UsageError(f"attnsuite bench compare: --rounds: at least {compare_mod.MIN_SAMPLES}, got {args.rounds}")
     interleaved.resolve_pair(args.base, args.cand)  # a pair that cannot share a process: say so first
     console.print(f"[bold]attnsuite bench compare --interleaved[/] {args.base} (baseline) and {args.cand}: "
                   f"{args.sweep} sweep on {args.device}")
     with console.status("starting") as status:
         records = interleaved.run(args.base, args.cand, configs, budget, args.compile, args.out,
-                                  threads=args.threads, machine=args.machine,
+                                  threads=args.threads, machine=args.machine, min_rounds=args.rounds,
                                   progress=lambda text: status.update(text))
     console.print(f"records: {store.store_path(args.out)}", markup=False, soft_wrap=True)
     return compare_mod.pair_up(records, args.threshold)

@@ -62,7 +62,7 @@ def prepare_process(entries, threads: int | None, device: str) -> None:
 
 
 def run(base: str, cand: str, configs: list[Config], budget: Budget, compile: list[str], out_dir, *,
-        threads: int | None = None, machine: str | None = None,
+        threads: int | None = None, machine: str | None = None, min_rounds: int = MIN_ROUNDS,
         progress: Callable[[str], None] = lambda text: None) -> list[dict]:
     """Time ``base`` and ``cand`` side by side at every configuration, compile mode and pass;
     store the records in ``out_dir`` (one run) and return them."""
@@ -116,7 +116,7 @@ def run(base: str, cand: str, configs: list[Config], budget: Budget, compile: li
                     continue
                 measurements = timing.measure_interleaved(
                     [(call, block, loops) for _, _, _, call, block, loops, _ in prepared],
-                    min_runs=max(budget.min_runs, MIN_ROUNDS), max_time=TIME_FACTOR * budget.max_time)
+                    min_runs=max(budget.min_runs, min_rounds), max_time=TIME_FACTOR * budget.max_time)
                 for (point, entry, workload, *_, first), m in zip(prepared, measurements):
                     work = flops.attention_flops(workload.spec, config.batch, config.L_q, config.L_k, pass_,
                                                  core=workload.core)
