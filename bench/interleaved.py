@@ -114,8 +114,12 @@ def run(base: str, cand: str, configs: list[Config], budget: Budget, compile: li
                         keep(point, pass_, "error", entry, _short(exc))
                 if not prepared:
                     continue
+                # One number of calls per block for both: on a busy machine a block's chance
+                # of being preempted grows with its length, and so would a difference of
+                # loops bias the medians (measured: 1 vs 3 calls per block read 4x apart).
+                loops = max(calibrated for *_, calibrated, _ in prepared)
                 measurements = timing.measure_interleaved(
-                    [(call, block, loops) for _, _, _, call, block, loops, _ in prepared],
+                    [(call, block, loops) for _, _, _, call, block, _, _ in prepared],
                     min_runs=max(budget.min_runs, min_rounds), max_time=TIME_FACTOR * budget.max_time)
                 for (point, entry, workload, *_, first), m in zip(prepared, measurements):
                     work = flops.attention_flops(workload.spec, config.batch, config.L_q, config.L_k, pass_,

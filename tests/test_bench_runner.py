@@ -124,6 +124,8 @@ def test_interleaved_run_times_baseline_and_candidate_in_one_run(tmp_path):
             assert pair[0]["runs"] == pair[1]["runs"] == len(pair[0]["samples_s"]) >= 5, "not taken in turns"
     assert len(compare.pair_up(records, 0.1)) == 4
     assert all(r["runs"] >= interleaved.MIN_ROUNDS for r in records)
+    for pass_ in ("forward", "forward_backward"):
+        assert len({r["loops"] for r in records if r["pass"] == pass_ and r["L_q"] == 8}) == 1, "loops differ"
 
 
 def test_interleaving_needs_one_framework(tmp_path):
