@@ -5,9 +5,10 @@ Points are matched on machine, implementation, compile mode, pass and configurat
 where a store holds a point several times, its latest record counts (one run's samples,
 never two runs pooled). Each matched pair gets one verdict (``judge``):
 
-- ``regressed``: the candidate is significantly slower (Mann–Whitney U, p < ``ALPHA``)
-  and the whole confidence interval of the ratio of medians lies above 1 + threshold;
-  or the point was measured before and no longer is.
+- ``regressed``: the candidate is significantly slower (Mann–Whitney U, p < ``ALPHA``
+  after the Holm correction over the comparison's points: many points must not mean many
+  chances of a false alarm) and the whole confidence interval of the ratio of medians
+  lies above 1 + threshold; or the point was measured before and no longer is.
 - ``improved``: the mirror image (the interval below 1 / (1 + threshold)).
 - ``unchanged``: the interval lies inside [1 / (1 + threshold), 1 + threshold].
 - ``uncertain``: the samples cannot tell, and the reason says why: too few samples, no
@@ -75,9 +76,10 @@ def oversubscribed(record: dict) -> str | None:
 
 
 def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA,
-          same_session: bool = False) -> Verdict:
+          same_session: bool = False, p_adjusted: float | None = None) -> Verdict:
     """The verdict on one point, from the baseline's and the candidate's records;
-    ``same_session``: the two were timed in alternation (no load check)."""
+    ``same_session``: the two were timed in alternation (no load check); ``p_adjusted``:
+    the point's p-value corrected for the other points of the comparison (``holm``)."""
     check_threshold(threshold)
     base_ok, cand_ok = base.get("status") == "ok", cand.get("status") == "ok"
     if not (base_ok and cand_ok):
@@ -94,7 +96,7 @@ def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA,
     if min(len(a), len(b)) < MIN_SAMPLES:
         return Verdict("uncertain", f"few samples ({len(a)} and {len(b)}; need {MIN_SAMPLES} a side)", ratio)
     ratio = statistics.median(b) / statistics.median(a)
-    _, p = significance.mann_whitney(a, b)
+    p = significance.mann_whitney(a, b)[1] if p_adjusted is None else p_adjusted
     low, high = significance.ratio_ci(a, b)
     slower, faster = 1 + threshold, 1 / (1 + threshold)
     found = dict(ratio=ratio, ci=(low, high), p=p)
@@ -138,14 +140,37 @@ def latest(records: list[dict], fields=KEY) -> dict[tuple, dict]:
     return found
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values (None stays None): a comparison of many points
+    keeps its chance of any false alarm at ``ALPHA``, not ``ALPHA`` per point."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def _raw_p(base: dict, cand: dict) -> float | None:
+    a, b = base.get("samples_s"), cand.get("samples_s")
+    if base.get("status") != "ok" or cand.get("status") != "ok" or not a or not b \
+            or min(len(a), len(b)) < MIN_SAMPLES:
+        return None
+    return significance.mann_whitney(a, b)[1]
+
+
 def compare_records(base: list[dict], cand: list[dict], threshold: float, fields=KEY,
                     same_session: bool = False) -> list[Change]:
-    """Every point present in both, as a ``Change`` (in the baseline's order)."""
+    """Every point present in both, as a ``Change`` (in the baseline's order), the
+    p-values corrected over all of them (``holm``)."""
     check_threshold(threshold)
     old, new = latest(base, fields), latest(cand, fields)
+    keys = [key for key in old if key in new]
+    adjusted = holm([_raw_p(old[key], new[key]) for key in keys])
     return [Change(dict(zip(fields, key)), old[key], new[key],
-                   judge(old[key], new[key], threshold, same_session=same_session))
-            for key in old if key in new]
+                   judge(old[key], new[key], threshold, same_session=same_session, p_adjusted=p))
+            for key, p in zip(keys, adjusted)]
 
 
 def pair_up(records: list[dict], threshold: float) -> list[Change]:

@@ -124,3 +124,24 @@ def test_contention_measured_during_the_timing_decides(others, threads, busy):
     """2 CPUs: a run capped at one thread leaves one CPU to others; an uncapped one none."""
     record = {"others_cpus": others, "load_avg_1min": 0.0, "env": {"cpus_usable": 2, "threads": threads}}
     assert (compare.oversubscribed(record) is not None) is busy
+
+
+def test_holm_adjusts_for_the_number_of_points():
+    # sorted 0.01, 0.02, 0.04 of 3 tested: 0.03, max(0.03, 0.04), max(0.04, 0.04); None stays
+    adjusted = compare.holm([0.04, None, 0.01, 0.02])
+    assert adjusted[1] is None
+    assert [adjusted[i] for i in (0, 2, 3)] == pytest.approx([0.04, 0.03, 0.04])
+
+
+def test_a_borderline_point_is_not_significant_among_many():
+    """One point at p ~ 0.01 alone is a regression; among 20 unchanged points it is not."""
+    base, cand = samples(1.0, 0.3, n=8, seed=20), samples(1.35, 0.3, n=8, seed=21)
+    alone = compare.judge(point(base), point(cand), 0.1)
+    assert alone.verdict == "regressed" and 0.001 < alone.p < 0.05, alone
+    key = dict(machine="m", compile="eager", batch=1, L_k=8, d_model=8, heads=2, kv_heads=2, dtype="float32",
+               causal=False, device="cpu", impl="x", **{"pass": "forward"})
+    olds = [dict(key, L_q=0, **point(base))] + [dict(key, L_q=i, **point(samples(1.0, seed=i))) for i in range(1, 20)]
+    news = [dict(key, L_q=0, **point(cand))] + [dict(key, L_q=i, **point(samples(1.0, seed=100 + i)))
+                                                for i in range(1, 20)]
+    first = compare.compare_records(olds, news, 0.1)[0]
+    assert first.verdict.verdict == "uncertain" and first.verdict.p > alone.p, first.verdict
