@@ -5,7 +5,7 @@ Points are matched on machine, implementation, compile mode, pass and configurat
 where a store holds a point several times, its latest record counts (one run's samples,
 never two runs pooled). Each matched pair gets one verdict (``judge``):
 
-- ``regressed``: the candidate is significantly slower (Mann–Whitney U, p < ``ALPHA``
+- ``regressed``: the candidate is significantly slower (Mann–Whitney U, p < ``ALPHA`` = 0.01
   after the Holm correction over the comparison's points: many points must not mean many
   chances of a false alarm) and the whole confidence interval of the ratio of medians
   lies above 1 + threshold; or the point was measured before and no longer is.
@@ -34,7 +34,7 @@ from attnsuite.bench import significance
 CONFIG_KEY = ("batch", "L_q", "L_k", "d_model", "heads", "kv_heads", "dtype", "causal", "device")
 KEY = ("machine", "impl", "compile", "pass", *CONFIG_KEY)
 VERDICTS = ("regressed", "improved", "unchanged", "uncertain")
-ALPHA = 0.05
+ALPHA = 0.01  # per comparison (Holm): a gate run on every commit must not cry wolf every 20th
 CONTENTION_TOLERANCE = 0.25  # CPUs of background activity that do not count as contention
 MIN_SAMPLES = 5  # the fewest a side for which Mann–Whitney can reach p < 0.05 (two-sided)
 
