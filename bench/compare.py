@@ -30,8 +30,9 @@ import math
 import statistics
 
 from attnsuite.bench import significance
+from attnsuite.bench.sweeps import Config
 
-CONFIG_KEY = ("batch", "L_q", "L_k", "d_model", "heads", "kv_heads", "dtype", "causal", "device")
+CONFIG_KEY = tuple(field.name for field in dataclasses.fields(Config))
 KEY = ("machine", "impl", "compile", "pass", *CONFIG_KEY)
 VERDICTS = ("regressed", "improved", "unchanged", "uncertain")
 ALPHA = 0.01  # per comparison (Holm): a gate run on every commit must not cry wolf every 20th

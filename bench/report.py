@@ -29,7 +29,6 @@ from attnsuite.bench.flops import FORMULA_VERSION, PASSES  # noqa: E402
 
 REPORT_FILES = (store.STORE_NAME, "bench.csv", "bench.md", "bench.html",
                 "latency.png", "throughput.png", "params.png")
-CONFIG_COLUMNS = ["batch", "L_q", "L_k", "d_model", "heads", "kv_heads", "dtype", "causal", "device"]
 # Everything but the lengths: one plotted line per series.
 FRAMEWORK_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "flax")
 SERIES_COLUMNS = ["machine", "run_id", "impl", "compile", "batch", "d_model", "heads", "kv_heads", "dtype",
