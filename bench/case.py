@@ -41,7 +41,10 @@ def input_arrays(spec: AttentionSpec, config: Config, seed: int = 0) -> dict[str
 
 
 @dataclasses.dataclass
-class Case:
+class Workload:
+    """One implementation built for one configuration: weights and inputs converted, ready to
+    time (the benchmark's unit; a conformance case is ``attnsuite.conformance.cases.Case``)."""
+
     entry: Entry
     config: Config
     spec: AttentionSpec
@@ -100,7 +103,7 @@ def head_arrays(spec: AttentionSpec, config: Config, layout: str, seed: int = 0)
     return arrays
 
 
-def build(impl: str | tuple[Entry, Callable], config: Config) -> Case:
+def build(impl: str | tuple[Entry, Callable], config: Config) -> Workload:
     """Resolve ``impl`` (a name, or an already resolved (entry, factory)) and build the case.
 
     Raises ``PluginError`` for a name that does not resolve and ``Unsupported`` for a case
@@ -114,10 +117,10 @@ def build(impl: str | tuple[Entry, Callable], config: Config) -> Case:
     c = config
     fn = make_fn(factory, spec, form="self" if c.self_attention else "qkv", dtype=c.dtype,
                  device=c.device)
-    if entry.kind == "kernel":  # a core: see Case.core
+    if entry.kind == "kernel":  # a core: see Workload.core
         arrays = head_arrays(spec, config, fn.layout)
         inputs = {name: backend.tensor(a, c.dtype, c.device) for name, a in arrays.items()}
-        return Case(entry, config, spec, fn, {}, inputs, frameworks.load(entry.framework))
+        return Workload(entry, config, spec, fn, {}, inputs, frameworks.load(entry.framework))
     arrays = input_arrays(spec, config)
     query = backend.tensor(arrays["query"], c.dtype, c.device)
     if c.self_attention:
@@ -127,4 +130,4 @@ def build(impl: str | tuple[Entry, Callable], config: Config) -> Case:
     inputs = {"query": query, "key": key, "value": value,
               "d_out": backend.tensor(arrays["d_out"], c.dtype, c.device)}
     params = backend.params(init_weights(spec, seed=0), c.dtype, c.device)
-    return Case(entry, config, spec, fn, params, inputs, frameworks.load(entry.framework))
+    return Workload(entry, config, spec, fn, params, inputs, frameworks.load(entry.framework))

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attnsuite.files import atomic_write_bytes, atomic_write_text  # noqa: E402
-from attnsuite.bench import report, store  # noqa: E402
+from attnsuite.bench import compare, report, significance, store  # noqa: E402
 from attnsuite.bench.flops import FORMULA_VERSION  # noqa: E402
 
 TARGET_RATIO = 0.95
@@ -61,6 +61,7 @@ def kernel_ratios(df: pd.DataFrame) -> pd.DataFrame:
             continue
         mine, best = ours.iloc[0], others.loc[others["flops_per_s"].idxmax()]
         ratio = mine["flops_per_s"] / best["flops_per_s"]
+        low, high, p = throughput_ratio_ci(best, mine)
         rows.append({
             "framework": mine["framework"], "pass": mine["pass"], "dtype": mine["dtype"],
             "B": mine["batch"], "H": mine["heads"], "d": mine["head_size"], "causal": bool(mine["causal"]),
@@ -68,12 +69,26 @@ def kernel_ratios(df: pd.DataFrame) -> pd.DataFrame:
             "ours % peak": mine["pct_peak"], "fastest other": best["impl"],
             "its TFLOP/s": best["flops_per_s"] / 1e12, "ratio": ratio,
             "meets": bool(ratio >= TARGET_RATIO),
+            "95% CI": f"{low:.3f}-{high:.3f}" if p is not None else "", "p": p,
+            "significance": ("meets" if low >= TARGET_RATIO else "misses" if high < TARGET_RATIO
+                             else "uncertain") if p is not None else "no samples",
             "all kernels TFLOP/s": ", ".join(f"{r.impl} {r.flops_per_s / 1e12:.0f}"
                                              for r in shape.sort_values("flops_per_s", ascending=False).itertuples()),
         })
     columns = ["framework", "pass", "dtype", "B", "H", "d", "causal", "L", "ours TFLOP/s", "ours % peak",
-               "fastest other", "its TFLOP/s", "ratio", "meets", "all kernels TFLOP/s"]
+               "fastest other", "its TFLOP/s", "ratio", "meets", "95% CI", "p", "significance",
+               "all kernels TFLOP/s"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def throughput_ratio_ci(best, mine) -> tuple[float, float, float | None]:
+    """The bench compare machinery on one pair: the interval of our throughput over the
+    other kernel's (the inverse of the time ratio's), and the Mann-Whitney p of the times."""
+    a, b = best.get("samples_s"), mine.get("samples_s")
+    if not isinstance(a, list) or not isinstance(b, list) or min(len(a), len(b)) < compare.MIN_SAMPLES:
+        return math.nan, math.nan, None
+    time_low, time_high = significance.ratio_ci(a, b)
+    return 1 / time_high, 1 / time_low, significance.mann_whitney(a, b)[1]
 
 
 def layer_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,16 +1,20 @@
-"""The shape of one measurement record (one line of ``bench.json``).
+"""The shape of one measurement record (a ``point`` line of ``records.jsonl``).
 
 A record is one implementation × configuration × compile mode × pass. Its ``status``
 is ``ok`` (timed), ``unsupported`` (the implementation or framework declined the case),
 ``unavailable`` (framework not installed), ``error`` (it raised, or is not written yet),
 ``oom``, ``timeout`` (killed past the point's time limit), ``over_budget`` (skipped: a
 smaller size predicts it would not fit), or ``crashed`` (its process died). Only ``ok``
-records carry timings; every record carries its environment.
+records carry timings: the statistics and the raw per-call times of every timed block
+(``samples_s``), which ``bench compare`` tests, and the machine's load average
+when the point was done. A record is built with its environment
+(``env``); the store keeps that once per run (``attnsuite.bench.store.RunWriter``).
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import uuid
 from typing import Any
 
@@ -37,6 +41,9 @@ def new_record(point: Point, pass_: str, status: str, *, run_id: str, env: dict[
         **point.config.to_dict(),
         "status": status,
         "reason": reason,
+        # How busy the machine was around this point (``bench compare`` distrusts a
+        # comparison across an oversubscribed machine): the 1-minute load average.
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         **measured,
         "env": env,
     }

@@ -103,9 +103,10 @@ class Runner:
         self.env = dict(environment.collect(machine), run_id=self.run_id, threads=threads)
         self.progress = progress or (lambda event, payload: None)
         self.records: list[dict] = []
+        self.writer = store.RunWriter.for_store(out_dir, self.run_id, self.env)
 
     def _store(self, record: dict) -> None:
-        store.append(self.out_dir, record)
+        record = self.writer.append(record)
         self.records.append(record)
         self.progress("record", record)
 

@@ -1,8 +1,13 @@
 """Every installed implementation timed through pytest-benchmark.
 
-    pytest bench/ --benchmark-json=out/bench.json       # small shapes (seconds per test)
+    pytest bench/ --benchmark-json=out/pytest-benchmark.json --benchmark-save-data   # small shapes
     pytest bench/ -m slow                                # the length sweep
     pytest bench/ --benchmark-compare --benchmark-compare-fail=median:10%
+    attnsuite bench compare out/base.json out/pytest-benchmark.json   # a test per point on the samples
+
+pytest-benchmark's file is one JSON document (not the harness's ``records.jsonl``);
+``--benchmark-save-data`` keeps each round's time, which ``attnsuite bench compare``
+needs for its verdicts.
 
 The call is the one the harness times (``attnsuite.bench.case``). Compilation and warm-up happen
 before the fixture is called, and each round runs a calibrated number of calls, so the

@@ -29,6 +29,8 @@ import statistics
 import time
 from typing import Any, Callable
 
+from attnsuite.bench import contention
+
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
@@ -37,6 +39,7 @@ class Measurement:
     times: tuple[float, ...]
     loops: int
     stable: bool
+    others_cpus: float | None = None  # CPUs other processes kept busy meanwhile (bench.contention)
 
     @property
     def runs(self) -> int:
@@ -70,6 +73,7 @@ class Measurement:
             "mean_s": statistics.fmean(self.times),
             "stdev_s": statistics.stdev(self.times) if self.runs > 1 else 0.0,
             "runs": self.runs, "loops": self.loops, "stable": self.stable,
+            "samples_s": list(self.times), "others_cpus": self.others_cpus,
         }
 
 
@@ -131,13 +135,42 @@ def measure(call: Callable[[], Any], block: Callable = _no_block, *,
         raise ValueError(f"min_runs: need at least 2 to estimate a spread, got {min_runs}")
     loops = calibrate(call, block, clock=clock, min_block_time=min_block_time, warmup_calls=warmup_calls)
     times: list[float] = []
-    started = clock()
+    started, window = clock(), contention.Window()
     while True:
         times.append(_time_block(call, block, loops, clock) / loops)
         if len(times) < min_runs:
             continue
         rel_iqr = (quantile(times, 0.75) - quantile(times, 0.25)) / statistics.median(times)
         if rel_iqr <= target_rel_iqr:
-            return Measurement(tuple(times), loops, stable=True)
+            return Measurement(tuple(times), loops, stable=True, others_cpus=window.others_cpus())
         if clock() - started >= max_time or len(times) >= max_runs:
-            return Measurement(tuple(times), loops, stable=False)
+            return Measurement(tuple(times), loops, stable=False, others_cpus=window.others_cpus())
+
+
+def measure_interleaved(calls: list[tuple[Callable[[], Any], Callable, int]], *,
+                        clock: Callable[[], float] = time.perf_counter, min_runs: int = 5,
+                        max_runs: int = 200, max_time: float = 1.0,
+                        target_rel_iqr: float = 0.1) -> list[Measurement]:
+    """Time several calibrated calls ``(call, block, loops)`` in alternation, one block each
+    per round, the order reversed every other round (A B, B A, ...), so that a drift of the
+    machine's speed touches them alike (``asv continuous``'s idea). Stops when every
+    spread is small, or after ``max_time`` per call, or ``max_runs`` rounds."""
+    if min_runs < 2:
+        raise ValueError(f"min_runs: need at least 2 to estimate a spread, got {min_runs}")
+    times: list[list[float]] = [[] for _ in calls]
+    started, window = clock(), contention.Window()
+    rounds = 0
+    while True:
+        order = range(len(calls)) if rounds % 2 == 0 else reversed(range(len(calls)))
+        for i in order:
+            call, block, loops = calls[i]
+            times[i].append(_time_block(call, block, loops, clock) / loops)
+        rounds += 1
+        if rounds < min_runs:
+            continue
+        settled = [(quantile(t, 0.75) - quantile(t, 0.25)) / statistics.median(t) <= target_rel_iqr
+                   for t in times]
+        if all(settled) or clock() - started >= max_time * len(calls) or rounds >= max_runs:
+            others = window.others_cpus()
+            return [Measurement(tuple(t), loops, stable=ok, others_cpus=others)
+                    for t, (_, _, loops), ok in zip(times, calls, settled)]

@@ -20,7 +20,7 @@ import traceback
 from typing import Any
 
 from attnsuite.bench import flops, frameworks, timing
-from attnsuite.bench.case import Case, build
+from attnsuite.bench.case import Workload, build
 from attnsuite.bench.records import new_record
 from attnsuite.bench.sweeps import Budget, Point
 from attnsuite.impls.errors import PluginError, Unsupported
@@ -165,7 +165,7 @@ class Worker:
                                        f"(quadratic in length from the last size)")
         return None
 
-    def _measure_pass(self, case: Case, point: Point, pass_: str, shared: dict) -> dict:
+    def _measure_pass(self, case: Workload, point: Point, pass_: str, shared: dict) -> dict:
         c = point.config
         call, block = case.prepare(pass_, point.compile)
         first = timing.first_call(call, block)

@@ -146,6 +146,28 @@ def test_kernel_ratio_is_against_the_fastest_other_kernel_of_the_same_framework(
     assert table.loc["torch", "meets"]
 
 
+@pytest.mark.parametrize("ours_ms, spread, expected", [
+    (1.00, 0.01, "meets"),       # as fast as the fastest: throughput ratio ~1
+    (1.20, 0.01, "misses"),      # 0.83 of its throughput, clearly
+    (1.05, 0.30, "uncertain"),   # 0.95 within noise of 30%
+])
+def test_kernel_ratio_carries_the_significance_of_the_samples(ours_ms, spread, expected):
+    """The GPU study uses bench compare's machinery: the interval of the throughput ratio."""
+    import numpy as np
+
+    def with_samples(record, median_ms, seed):
+        samples = list(1e-3 * median_ms * (1 + spread * np.random.default_rng(seed).uniform(-1, 1, 30)))
+        record.update(samples_s=samples, median_s=float(np.median(samples)))
+        record["flops_per_s"] = 1e12 / record["median_s"]
+        return record
+
+    records = [with_samples(_record("core.torch.fused", 4096), ours_ms, 1),
+               with_samples(_record("core.torch.sdpa.cudnn", 4096), 1.0, 2)]
+    [row] = gpu_report.kernel_ratios(gpu_report.report.frame(records)).to_dict("records")
+    low, high = (float(v) for v in row["95% CI"].split("-"))
+    assert low <= row["ratio"] <= high and row["significance"] == expected, row
+
+
 @pytest.mark.parametrize("power, expected", [(1, "linear"), (2, "quadratic"), (1.5, "between")])
 def test_memory_growth_names_how_memory_scales(power, expected):
     lengths = [4096, 8192, 16384, 32768]

@@ -121,6 +121,36 @@ def test_measurement_statistics():
     assert (stats["median_s"], stats["q1_s"], stats["q3_s"], stats["iqr_s"]) == (3.0, 2.0, 4.0, 2.0)
     assert (stats["min_s"], stats["max_s"], stats["runs"]) == (1.0, 5.0, 5)
     assert math.isclose(stats["mean_s"], 3.0)
+    assert stats["samples_s"] == [4.0, 1.0, 3.0, 2.0, 5.0] and stats["stable"] is True
+
+
+def test_interleaved_calls_take_turns_in_mirrored_order_and_share_a_drift():
+    """Two identical calls on a machine that slows down steadily (1% per call): timed one
+    after the other the second would read slower; in alternation A B, B A, ... they agree."""
+    clock, order = FakeClock(), []
+
+    def call_named(name):
+        def call():
+            order.append(name)
+            clock.now += 1e-3 * (1 + 0.01 * len(order))
+        return call
+
+    a, b = timing.measure_interleaved([(call_named("A"), lambda r: r, 1), (call_named("B"), lambda r: r, 1)],
+                                      clock=clock, min_runs=6, max_runs=6)
+    assert "".join(order) == "ABBAABBAABBA"
+    assert a.runs == b.runs == 6
+    assert a.median == pytest.approx(b.median, rel=0.01), (a.median, b.median)
+
+
+def test_interleaved_measurement_says_which_timer_never_settled():
+    clock = FakeClock()
+    rng = np.random.default_rng(0)
+    steady = clock.call_taking(itertools.repeat(1e-3))
+    noisy = clock.call_taking(1e-3 * rng.lognormal(0.0, 0.5, size=100_000))
+    m_steady, m_noisy = timing.measure_interleaved([(steady, lambda r: r, 1), (noisy, lambda r: r, 1)],
+                                                   clock=clock, max_time=0.1)
+    assert m_steady.stable and not m_noisy.stable
+    assert m_steady.runs == m_noisy.runs > 5
 
 
 # --- The agreement criterion (bench.agreement) --------------------------------------------

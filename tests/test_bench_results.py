@@ -9,6 +9,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -63,7 +64,8 @@ def test_records_survive_a_killed_writer(tmp_path):
         from attnsuite.bench import store
         payload = "x" * 20000  # records far larger than a pipe buffer or a page
         for i in range(10**9):
-            store.append({str(tmp_path)!r}, {{"record_id": str(i), "payload": payload}})
+            store.append({str(tmp_path)!r}, {{"record_id": str(i), "impl": "x", "pass": "forward",
+                                              "status": "error", "payload": payload}})
             print(i, flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -111,7 +113,7 @@ def test_report_refuses_to_merge_into_an_input(tmp_path):
     assert cli.report_main([str(tmp_path), "--out", str(tmp_path)]) == 2
 
 
-# --- compare -----------------------------------------------------------------------------
+# --- compare (the verdict logic itself: tests/test_bench_compare.py) ----------------------
 
 def _stores(tmp_path, old_records, new_records):
     old, new = tmp_path / "old", tmp_path / "new"
@@ -121,16 +123,32 @@ def _stores(tmp_path, old_records, new_records):
     return str(old), str(new)
 
 
-@pytest.mark.parametrize("new_median, expected_exit", [
-    (1.05e-3, 0),   # 5% slower: within a 10% threshold
-    (0.5e-3, 0),    # faster
-    (1.2e-3, 1),    # 20% slower: a regression
+def sampled(median, spread=0.02, n=20, seed=0, **kwargs):
+    """A record whose samples scatter uniformly within ``spread`` of ``median``."""
+    r = record(median=median, **kwargs)
+    samples = median * (1 + spread * np.random.default_rng(seed).uniform(-1, 1, n))
+    r.update(samples_s=list(samples), median_s=float(np.median(samples)), stable=True)
+    return r
+
+
+@pytest.mark.parametrize("factor, expected_exit", [
+    (1.05, 0),   # 5% slower: within a 10% threshold
+    (0.5, 0),    # faster
+    (1.5, 1),    # 50% slower, clearly: a regression
 ])
-def test_compare_flags_a_slowdown_past_the_threshold(tmp_path, new_median, expected_exit):
-    old, new = _stores(tmp_path, [record(L=64), record(L=128, median=1e-3)],
-                       [record(L=64), record(L=128, median=new_median)])
-    assert cli.main(["compare", old, new, "--threshold", "0.1"]) == expected_exit, \
-        f"old 1 ms -> new {new_median * 1e3} ms"
+def test_compare_exits_1_only_for_a_significant_slowdown_past_the_threshold(tmp_path, factor, expected_exit):
+    old, new = _stores(tmp_path, [sampled(1e-3, L=64, seed=1), sampled(1e-3, L=128, seed=2)],
+                       [sampled(1e-3, L=64, seed=3), sampled(factor * 1e-3, L=128, seed=4)])
+    assert cli.main(["compare", old, new, "--threshold", "0.1"]) == expected_exit, f"new = {factor} x old"
+
+
+def test_compare_does_not_fail_on_noise(tmp_path):
+    """The old 18x "regression": one slow outlier block moves nothing."""
+    noisy = sampled(1e-3, spread=0.05, seed=5)
+    noisy["samples_s"][:3] = [18e-3, 20e-3, 25e-3]
+    noisy["stable"] = False
+    old, new = _stores(tmp_path, [sampled(1e-3, seed=6)], [noisy])
+    assert cli.main(["compare", old, new]) == 0
 
 
 def test_compare_flags_a_point_that_stopped_working(tmp_path):
@@ -139,9 +157,9 @@ def test_compare_flags_a_point_that_stopped_working(tmp_path):
 
 
 def test_compare_takes_the_latest_record_of_a_point(tmp_path):
-    slow, fast = record(median=5e-3), record(median=1e-3)
+    slow, fast = sampled(5e-3, seed=7), sampled(1e-3, seed=8)
     slow["timestamp"], fast["timestamp"] = "2024-01-01T00:00:00+00:00", "2024-06-01T00:00:00+00:00"
-    old, new = _stores(tmp_path, [record(median=1e-3)], [fast, slow])
+    old, new = _stores(tmp_path, [sampled(1e-3, seed=9)], [fast, slow])
     assert cli.main(["compare", old, new]) == 0
 
 
@@ -150,7 +168,171 @@ def test_compare_with_nothing_in_common_is_a_usage_error(tmp_path):
     assert cli.main(["compare", old, new]) == 2
 
 
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-inf", "0", "-0.1", "ten"])
+def test_compare_refuses_a_threshold_that_is_not_a_positive_fraction(tmp_path, capsys, threshold):
+    old, new = _stores(tmp_path, [sampled(1e-3)], [sampled(3e-3)])
+    assert cli.main(["compare", old, new, "--threshold", threshold]) == 2
+    assert "--threshold" in capsys.readouterr().err
+
+
+def test_compare_writes_its_verdicts_as_json(tmp_path):
+    old, new = _stores(tmp_path, [sampled(1e-3, seed=1)], [sampled(2e-3, seed=2)])
+    assert cli.main(["compare", old, new, "--json", str(tmp_path / "v.json")]) == 1
+    [point] = json.loads((tmp_path / "v.json").read_text())
+    assert point["verdict"] == "regressed" and point["samples"] == [20, 20]
+    assert point["ci"][0] > 1.1 and point["stable"] == [True, True]
+
+
 def test_store_lines_are_json(tmp_path):
     store.append(tmp_path, record())
     line = store.store_path(tmp_path).read_text().splitlines()[0]
     assert json.loads(line)["machine"] == "alpha"
+
+
+# --- runs: the environment once, reports grouped by run ----------------------------------
+
+def _write_run(location, run_id, records, env=None):
+    env = env or {"machine": "alpha", "cpu": "alpha-cpu", "versions": {"numpy": "2"}}
+    writer = store.RunWriter.for_store(location, run_id, env)
+    for r in records:
+        r = dict(r, run_id=run_id)
+        r["env"] = dict(env, framework={"name": "numpy", "threads": 1})  # what a worker adds
+        writer.append(r)
+
+
+def test_the_environment_is_stored_once_per_run_and_joined_on_load(tmp_path):
+    _write_run(tmp_path, "run1", [sampled(1e-3, L=L) for L in (64, 128, 256)])
+    lines = [json.loads(line) for line in store.store_path(tmp_path).read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["run", "env", "point", "point", "point"]
+    assert not any("env" in line for line in lines if line["type"] == "point")
+    assert lines[1]["env"] == {"framework": {"name": "numpy", "threads": 1}}, "only the worker's addition"
+    loaded = store.load(tmp_path)
+    assert len(loaded) == 3 and all(r["env"]["cpu"] == "alpha-cpu" and r["env"]["framework"]["threads"] == 1
+                                    for r in loaded)
+    assert all(len(r["samples_s"]) == 20 for r in loaded), "the raw samples are kept"
+
+
+def test_two_runs_into_one_directory_stay_two_runs(tmp_path):
+    out = tmp_path / "report"
+    _write_run(tmp_path / "a", "1111aaaa", [sampled(1e-3, L=L) for L in (64, 128)])
+    _write_run(tmp_path / "a", "2222bbbb", [sampled(2e-3, L=L) for L in (64, 128)])
+    assert cli.report_main([str(tmp_path / "a"), "--out", str(out)]) == 0
+    csv = pd.read_csv(out / "bench.csv")
+    assert sorted(csv.groupby("run_id")["median_s"].median().round(4)) == [0.001, 0.002]
+    df = report.frame(store.load(out))
+    assert "run_id" in report.fixed_parameters(df)[1], "the plot would draw one line through both runs"
+    table = report.results_table(df)
+    assert sorted(set(table["run"])) == ["1111aaaa", "2222bbbb"]
+    assert len([line for line in store.store_path(out).read_text().splitlines() if '"type": "run"' in line]) == 2
+
+
+@pytest.mark.parametrize("flag, kept", [("--run", {"2222bbbb"}), ("--drop-run", {"1111aaaa"})])
+def test_a_run_is_selected_or_dropped_by_its_id(tmp_path, flag, kept):
+    _write_run(tmp_path / "a", "1111aaaa", [sampled(1e-3)])
+    _write_run(tmp_path / "a", "2222bbbb", [sampled(2e-3)])
+    assert cli.report_main([str(tmp_path / "a"), flag, "2222", "--out", str(tmp_path / "out")]) == 0
+    assert {r["run_id"] for r in store.load(tmp_path / "out")} == kept
+
+
+def test_an_unknown_run_id_is_one_line(tmp_path, capsys):
+    _write_run(tmp_path / "a", "1111aaaa", [sampled(1e-3)])
+    assert cli.report_main([str(tmp_path / "a"), "--run", "9999", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "9999" in err and "1111aaaa" in err and len(err.splitlines()) == 1
+
+
+def test_a_store_of_the_first_format_is_read(tmp_path):
+    """bench.json, the environment inside every record, no samples: read as it is."""
+    old = record()
+    (tmp_path / "bench.json").write_text(json.dumps(old) + "\n")
+    assert store.load(tmp_path) == [old]
+    out = tmp_path / "out"
+    assert cli.report_main([str(tmp_path), "--out", str(out)]) == 0
+    assert (out / store.STORE_NAME).exists()
+
+
+@pytest.mark.parametrize("line, complaint", [
+    ('{"impl": "x", "pass": "forward", "status": "ok", "median_s": "fast", "q1_s": 1, "q3_s": 1}', "median_s"),
+    ('{"impl": "x", "pass": "forward", "status": "ok", "median_s": 1, "q1_s": 1, "q3_s": 1, '
+     '"samples_s": [1, -2]}', "samples_s"),
+    ('{"pass": "forward", "status": "ok"}', "no impl"),
+    ('[1, 2]', "JSON object"),
+    ('{"type": "bogus"}', "unknown line type"),
+])
+def test_a_malformed_record_is_reported_with_file_and_line(tmp_path, capsys, line, complaint):
+    good = store.dumps(record())
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / store.STORE_NAME).write_text(good + line + "\n")
+    new = tmp_path / "new"
+    store.append(new, record())
+    for command in (lambda: cli.main(["compare", str(tmp_path / "old"), str(new)]),
+                    lambda: cli.report_main([str(tmp_path / "old"), "--out", str(tmp_path / "out")])):
+        status = command()
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and f"{store.STORE_NAME}:2:" in err and complaint in err, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists(), "a report was (half) written"
+
+
+# --- pytest-benchmark's JSON ---------------------------------------------------------------
+
+def _pytest_benchmark_file(path, factor, data=True, seed=0):
+    benchmarks = []
+    for L in (64, 128):
+        values = sampled(factor * 1e-3, L=L, seed=seed + L)["samples_s"]
+        stats = {"median": float(np.median(values)), "q1": float(np.quantile(values, 0.25)),
+                 "q3": float(np.quantile(values, 0.75)), "min": min(values), "max": max(values),
+                 "mean": float(np.mean(values)), "stddev": float(np.std(values)), "rounds": len(values)}
+        if data:
+            stats["data"] = values
+        extra = {"impl": "numpy.oracle", "compile": "eager", "pass": "forward",
+                 **{**CONFIG.to_dict(), "L_q": L, "L_k": L}}
+        benchmarks.append({"name": f"test_attention[{L}]", "fullname": f"bench/x.py::test_attention[{L}]",
+                           "stats": stats, "extra_info": extra})
+    path.write_text(json.dumps({"machine_info": {"node": "alpha"}, "commit_info": {"id": "abc"},
+                                "benchmarks": benchmarks, "datetime": "2026-01-01T00:00:00",
+                                "version": "5.3.1"}, indent=4))
+    return str(path)
+
+
+def test_compare_reads_pytest_benchmark_json(tmp_path, capsys):
+    base = _pytest_benchmark_file(tmp_path / "base.json", 1.0)
+    assert cli.main(["compare", base, _pytest_benchmark_file(tmp_path / "same.json", 1.0, seed=1)]) == 0
+    assert cli.main(["compare", base, _pytest_benchmark_file(tmp_path / "slow.json", 2.0, seed=2)]) == 1
+    assert "2 regressed" in capsys.readouterr().out
+    no_data = _pytest_benchmark_file(tmp_path / "nodata.json", 2.0, data=False)
+    assert cli.main(["compare", base, no_data]) == 0
+    assert "2 uncertain" in capsys.readouterr().out
+
+
+def test_a_pytest_benchmark_file_is_refused_by_report_in_one_line(tmp_path, capsys):
+    path = _pytest_benchmark_file(tmp_path / "pb.json", 1.0)
+    assert cli.report_main([path, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pytest-benchmark" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_truncated_pytest_benchmark_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "pb.json"
+    text = Path(_pytest_benchmark_file(path, 1.0)).read_text()
+    path.write_text(text[: len(text) // 2])
+    assert cli.main(["compare", str(path), str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pb.json" in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_new_run_into_a_directory_of_the_first_format_goes_to_its_own_file(tmp_path):
+    old = record()
+    (tmp_path / "bench.json").write_text(json.dumps(old) + "\n")
+    _write_run(tmp_path, "newrun", [sampled(1e-3)])
+    assert (tmp_path / "bench.json").read_text() == json.dumps(old) + "\n", "the old file was written to"
+    assert [r["run_id"] for r in store.load(tmp_path)] == ["r1", "newrun"]
+
+
+def test_compare_finds_pytest_benchmark_json_saved_as_bench_json_in_a_directory(tmp_path):
+    """The old clash: pytest-benchmark's file under the harness's first-format name."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _pytest_benchmark_file(tmp_path / "a" / "bench.json", 1.0)
+    _pytest_benchmark_file(tmp_path / "b" / "bench.json", 2.0, seed=5)
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 1

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from attnsuite.bench.runner import Runner
+from attnsuite.bench import store
 from attnsuite.bench.store import load
 from attnsuite.bench.sweeps import Budget, Config
 from attnsuite.impls import oracle
@@ -57,6 +58,10 @@ def test_quick_sweep_on_the_oracle_writes_every_report_file(tmp_path):
         assert r["runs"] >= 5 and r["loops"] >= 1, where
         assert r["params"] == r["params_expected"] and not r["params_mismatch"], where
         assert r["env"]["framework"]["name"] == "numpy" and r["env"]["versions"]["numpy"], where
+        assert len(r["samples_s"]) == r["runs"] and isinstance(r["stable"], bool), where
+    lines = store.store_path(tmp_path).read_text().splitlines()
+    assert sum('"type": "run"' in line for line in lines) == 1 and sum('"env"' in line for line in lines) <= 2, \
+        "the environment is stored once per run (and once per framework process)"
     assert "numpy.oracle" in (tmp_path / "bench.md").read_text()
 
 
@@ -102,3 +107,29 @@ def test_an_interrupted_sweep_keeps_its_records_and_leaves_no_worker_behind(tmp_
             ["numpy.oracle"], configs, ["natural"])
     assert started and all(proc.poll() is not None for proc in started), "a worker outlived the sweep"
     assert len(load(tmp_path)) == 1
+
+
+def test_interleaved_run_times_baseline_and_candidate_in_one_run(tmp_path):
+    from attnsuite.bench import compare, interleaved
+
+    configs = [Config(1, L, L, 8, 2, 2, "float32", False, "cpu") for L in (8, 16)]
+    budget = Budget(max_time=0.02, min_runs=5, point_timeout=30.0, min_block_time=1e-3)
+    records = interleaved.run("numpy.oracle", "numpy.oracle", configs, budget, ["natural"], tmp_path, threads=1)
+    assert len(records) == len(load(tmp_path)) == 2 * 2 * 2
+    assert len({r["run_id"] for r in records}) == 1
+    for pass_ in ("forward", "forward_backward"):
+        for L in (8, 16):
+            pair = [r for r in records if r["pass"] == pass_ and r["L_q"] == L]
+            assert sorted(r["role"] for r in pair) == ["baseline", "candidate"]
+            assert pair[0]["runs"] == pair[1]["runs"] == len(pair[0]["samples_s"]) >= 5, "not taken in turns"
+    assert len(compare.pair_up(records, 0.1)) == 4
+    assert all(r["runs"] >= interleaved.MIN_ROUNDS for r in records)
+    for pass_ in ("forward", "forward_backward"):
+        assert len({r["loops"] for r in records if r["pass"] == pass_ and r["L_q"] == 8}) == 1, "loops differ"
+
+
+def test_interleaving_needs_one_framework(tmp_path):
+    from attnsuite.bench import interleaved
+
+    with pytest.raises(ValueError, match="different frameworks"):
+        interleaved.resolve_pair("numpy.oracle", "torch.sdpa")

@@ -16,7 +16,7 @@ Each of ``attnsuite.bench.frameworks.{numpy,torch,tensorflow,jax}`` defines
 - ``reset_peak_memory(device)`` and ``peak_memory(device) -> (bytes, method)``;
 - ``is_layer(value)`` and ``layer_params(layer, inputs) -> int``: what counts as a layer
   there (torch ``nn.Module``, Keras ``Layer``, ``tf.Module``, flax modules) and how many
-  variables it holds (see ``attnsuite.bench.case.Case.count_params``);
+  variables it holds (see ``attnsuite.bench.case.Workload.count_params``);
 - ``compiled_memory(call) -> (bytes, method)``: the temporary memory of the compiled
   program behind a prepared ``call`` (None where there is no such program or count);
 - ``matmul(n, dtype, device) -> (call, block)``: an n×n matmul, for the measured peak;
