@@ -327,7 +327,7 @@ def test_bench_finds_a_plugin_in_the_current_directory_as_check_does(tmp_path, m
     assert main([name, "-q", *ONE_CASE]) == 0
     out = tmp_path / "bench"
     assert bench_cli.main([name, "--sweep", "quick", "--threads", "1", "--out", str(out)]) == 0
-    records = [json.loads(line) for line in (out / store.STORE_NAME).read_text().splitlines()]
+    records = store.load(out)
     assert records and {r["status"] for r in records if r["impl"] == name} == {"ok"}
 
 

@@ -315,6 +315,8 @@ def square_mask_read_as_key_by_query(spec):
                 mask = mask.T
             return super().masked(logits, mask, visible)
 
+    return Layer(spec)
+
 
 # --- The calling contract -------------------------------------------------------------------
 
@@ -342,6 +344,8 @@ def last_partial_key_block_dropped(spec):
                 covered = torch.arange(L_k, device=logits.device) < (L_k // block) * block
                 visible = visible & covered
             return super().masked(logits, mask, visible)
+
+    return Layer(spec)
 
 
 def output_upcast_to_float64(spec):
