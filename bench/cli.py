@@ -28,6 +28,7 @@ from attnsuite.bench.flops import PASSES
 from attnsuite.bench.runner import Runner, expand_names, plan
 from attnsuite.bench.sweeps import COMPILE_MODES, SWEEPS, Config, sweep
 from attnsuite.impls.backends import DTYPES
+from attnsuite.processes import exit_status, interrupt_on_sigterm
 
 console = Console(stderr=True)  # progress and messages
 # Result tables go to stdout, wide enough not to wrap when it is not a terminal.
@@ -70,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "compare":
             return _compare(_compare_parser().parse_args(argv[1:]))
-        return _bench(_bench_parser().parse_args(argv))
-    except KeyboardInterrupt:  # Ctrl-C, or a time limit's SIGINT: the store keeps every point done
+        with interrupt_on_sigterm():   # SIGTERM, like Ctrl-C, ends the workers first
+            return _bench(_bench_parser().parse_args(argv))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a time limit's signal: the store keeps every point done
         console.print("attnsuite bench: interrupted; the points measured so far are in the results "
                       "directory (bench.json); `attnsuite report DIR` reports them", markup=False)
-        return 130
+        return exit_status(exc)
     except _UsageError as exc:
         console.print(str(exc), markup=False)
         return 2

@@ -2,7 +2,8 @@
 
     attnsuite check IMPL [IMPL ...] [--profile quick|default|full] [--dtype D[,D]]
                     [--device cpu|gpu] [--report DIR] [--junit-xml FILE] [--weights FILE]
-                    [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N] [-q]
+                    [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N]
+                    [--timeout SECONDS] [-q]
 
 IMPL is a registered name (``attnsuite list``) or ``FRAMEWORK:module.path:factory``
 (the module is found from the current directory, as with ``python -m``). All the
@@ -11,6 +12,8 @@ implementations of a run are judged in one process per framework (start-up paid 
 Exit status: 0 when every implementation passes (unsupported checks are not failures),
 1 when any fails or errors (a plug-in that does not import is an error), 2 for a usage
 error (unknown option, implementation name, case, unreadable --weights or --xfails).
+Ctrl-C or SIGTERM ends every process of the run and writes the reports asked for, marked
+interrupted, with what was judged: exit status 130 (Ctrl-C) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import argparse
 import sys
 
 from attnsuite.conformance.cases import DTYPES, PROFILES
+from attnsuite.conformance.pool import DEFAULT_TIMEOUT
 from attnsuite.impls.registry import find_entry
+from attnsuite.processes import exit_status, interrupt_on_sigterm
 
 SHOWN_FAILURES = 5
 
@@ -41,6 +46,16 @@ def _dtypes(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(
             f"unknown dtype {', '.join(unknown)} (one of {', '.join(DTYPES)})")
     return names
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--timeout must be a positive number of seconds, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this case (any profile's id, or an fnmatch pattern); repeatable")
     p.add_argument("--seed", type=int, default=0, help="shifts every case's seed (default 0)")
     p.add_argument("--jobs", type=int, default=None, help="framework processes at once (default: cores)")
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"time one implementation may take on one case, then it is an error and "
+                        f"its process is killed (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the verdict only")
     return p
 
@@ -119,13 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [d for group in args.dtype for d in group] if args.dtype else None
     progress = not args.quiet and sys.stderr.isatty()
     try:
-        run = check(args.impls, profile=args.profile, dtypes=dtypes, device=args.device,
-                    weights=args.weights, xfails=args.xfails,
-                    strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
-                    isolate=True, progress=progress, seed=args.seed, jobs=args.jobs)
+        with interrupt_on_sigterm():
+            run = check(args.impls, profile=args.profile, dtypes=dtypes, device=args.device,
+                        weights_path=args.weights, xfails=args.xfails,
+                        strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
+                        isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
+                        timeout=args.timeout)
     except ValueError as exc:
         print(f"attnsuite check: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:    # before any judging began: nothing to report
+        print("attnsuite check: interrupted", file=sys.stderr)
+        return exit_status(exc)
     for warning in run.warnings:
         print(f"attnsuite check: warning: {warning}", file=sys.stderr)
     lines = _summary_lines(run, args.quiet)
@@ -140,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"wrote {args.junit_xml}")
     verdict = "PASS" if run.ok else "FAIL"
+    if run.interrupted:
+        verdict = f"INTERRUPTED ({run.interrupted}), so FAIL"
     print(f"{verdict}: {sum(i.verdict == 'pass' for i in run.implementations)} of "
           f"{len(run.implementations)} implementations pass ({len(run.cases)} cases, "
           f"profile {args.profile})")
