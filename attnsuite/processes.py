@@ -111,6 +111,15 @@ def worker_env(extra: dict[str, str] | None = None, device: str | None = None) -
     return env
 
 
+def _command(module: str, args: tuple[str, ...]) -> list[str]:
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module, *args]
+    # Python 3.10 has no -P: drop the current directory ('' for -c) before anything imports.
+    boot = (f"import sys; del sys.path[0]; import runpy; "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", boot, *args]
+
+
 class Worker:
     """One worker process: ``python -P -m module *args``, the job on its stdin.
 
@@ -123,7 +132,7 @@ class Worker:
         self._stderr = tempfile.TemporaryFile("w+")
         self._messages: queue.Queue = queue.Queue()
         self.exit: Exit | None = None
-        self.process = subprocess.Popen([sys.executable, "-P", "-m", module, *args],
+        self.process = subprocess.Popen(_command(module, args),
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self._stderr, text=True, env=env, cwd=cwd,
                                         start_new_session=True)   # its own process group

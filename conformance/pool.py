@@ -174,8 +174,7 @@ def _lost(part: _Part, running, n_cases: int, events: queue.Queue, why: str,
         return
     index, case_id = running
     where = f"on case {case_id}" if case_id is not None else "while importing it"
-    events.put(("lost", index, f"{why} {where}; the other implementations of its process "
-                               f"went on in a fresh one{last}"))
+    events.put(("lost", index, f"{why} {where}{last}"))
     part.finished.add(index)
 
 

@@ -18,7 +18,7 @@ from attnsuite.impls.errors import PluginError, Unsupported
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import all_entries, find_entry, load_factory
 from attnsuite.impls.spec import AttentionSpec
-from attnsuite.processes import Exit, Worker, worker_channel, worker_env
+from attnsuite.processes import Exit, Worker, exit_status, interrupt_on_sigterm, worker_channel, worker_env
 
 _BASE = dict(d_model=16, num_heads=4)
 FEATURE_PROBES: dict[str, dict] = {
@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as exc:
         print(f"attnsuite list: {exc}", file=sys.stderr)
         return 2
-    results = collect(entries)
+    try:
+        with interrupt_on_sigterm():    # the probing workers end with this process
+            results = collect(entries)
+    except KeyboardInterrupt as exc:
+        print("attnsuite list: interrupted", file=sys.stderr)
+        return exit_status(exc)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -294,3 +294,11 @@ def test_bench_interrupted_ends_every_process(tmp_path, signum, status):
     assert done.returncode == status, done.stdout[-2000:] + done.stderr[-2000:]
     assert "interrupted" in done.stderr
     _assert_gone(*groups.values())
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
+def test_a_timeout_that_is_no_positive_number_is_a_usage_error(value, capsys):
+    from attnsuite.conformance.cli import main
+
+    assert main(["numpy.oracle", "--timeout", value]) == 2
+    assert "--timeout" in capsys.readouterr().err
