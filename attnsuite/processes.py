@@ -136,12 +136,16 @@ class Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self._stderr, text=True, env=env, cwd=cwd,
                                         start_new_session=True)   # its own process group
-        threading.Thread(target=self._pump, daemon=True).start()
         try:
-            self.process.stdin.write(json.dumps(job))
-            self.process.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass    # it died at once: its Exit says why
+            threading.Thread(target=self._pump, daemon=True).start()
+            try:
+                self.process.stdin.write(json.dumps(job))
+                self.process.stdin.close()
+            except OSError:
+                pass    # it died at once (a broken pipe): its Exit says why
+        except BaseException:   # Ctrl-C before the caller holds it: not left running
+            self.close()
+            raise
 
     def _pump(self) -> None:
         for line in self.process.stdout:
