@@ -41,6 +41,7 @@ from attnsuite.impls.backends import DTYPES
 from attnsuite.impls.errors import PluginError
 from attnsuite.impls.registry import find_entry
 from attnsuite.options import int_in
+from attnsuite.processes import exit_status, interrupt_on_sigterm
 
 console = Console(stderr=True)  # progress and messages
 # Result tables go to stdout, wide enough not to wrap when it is not a terminal.
@@ -105,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "compare":
             return _compare(_compare_parser().parse_args(argv[1:]))
-        return _bench(_bench_parser().parse_args(argv))
-    except KeyboardInterrupt:  # Ctrl-C, or a time limit's SIGINT: the store keeps every point done
+        with interrupt_on_sigterm():   # SIGTERM, like Ctrl-C, ends the workers first
+            return _bench(_bench_parser().parse_args(argv))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a time limit's signal: the store keeps every point done
         console.print("attnsuite bench: interrupted; the points measured so far are in the results "
                       f"directory ({store.STORE_NAME}); `attnsuite report DIR` reports them", markup=False, soft_wrap=True)
-        return 130
+        return exit_status(exc)
     except _UsageError as exc:
         console.print(str(exc), markup=False, soft_wrap=True)
         return 2

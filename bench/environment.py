@@ -1,23 +1,23 @@
 """What produced a measurement: machine, CPU, GPU, software versions, suite commit.
 
-``collect()`` runs in the parent process and imports no framework (versions come from
-package metadata); each worker adds what only the imported framework can tell
+``collect()`` runs in the parent process and imports no framework; the suite's commit,
+the package versions and the platform come from ``attnsuite.environment``, the collector
+the gate's reports use too. Each worker adds what only the imported framework can tell
 (threads, precision flags, device name) under ``"framework"``.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import platform
 import socket
 import subprocess
 from pathlib import Path
 
+from attnsuite import environment as suite_environment
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("attnsuite", "numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "jax",
-            "jaxlib", "flax", "pandas", "pytest-benchmark")
 # Environment variables that change what a framework does (threads, allocators, kernels).
 RELEVANT_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                 "KERAS_BACKEND", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "TF_CPP_MIN_LOG_LEVEL",
@@ -52,35 +52,20 @@ def gpus() -> list[dict[str, str]]:
     return [dict(zip(keys, (field.strip() for field in line.split(",")))) for line in out.splitlines()]
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for package in PACKAGES:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def git_commit() -> dict[str, object]:
-    commit = _run("git", "rev-parse", "HEAD")
-    status = _run("git", "status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
 @functools.lru_cache(maxsize=None)
 def collect(machine: str | None = None) -> dict[str, object]:
     """The environment shared by every record of one run (cached: it does not change)."""
+    basics = suite_environment.platform_info()
     return {
         "machine": machine or socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        "platform": basics["platform"],
+        "python": basics["python"],
         "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": basics["cpu_count"],
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "gpus": gpus(),
-        "versions": versions(),
-        "git": git_commit(),
+        "versions": suite_environment.versions(),
+        "git": suite_environment.git_commit(),
         "env_vars": {k: os.environ[k] for k in RELEVANT_ENV if k in os.environ},
     }

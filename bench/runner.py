@@ -8,14 +8,7 @@ with the points left.
 
 from __future__ import annotations
 
-import json
 import os
-import queue
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import uuid
 from typing import Any, Callable, Iterable
 
@@ -26,6 +19,7 @@ from attnsuite.bench.sweeps import Budget, Config, Point, compile_modes
 from attnsuite.impls.backends import FRAMEWORKS, framework_status
 from attnsuite.impls.errors import PluginError
 from attnsuite.impls.registry import REGISTRY, find_entry
+from attnsuite.processes import Exit, Worker, worker_env
 
 # Environment each framework's process gets, whatever the caller's.
 FRAMEWORK_ENV = {
@@ -139,54 +133,37 @@ class Runner:
             pending = self._run_worker(framework, extra_env, pending)
 
     def _worker_env(self, framework: str, extra_env: dict, device: str) -> dict:
-        env = dict(os.environ, **FRAMEWORK_ENV.get(framework, {}), **thread_env(framework, self.threads),
-                   **extra_env)
-        # Plug-in modules resolve from the caller's directory, as in `attnsuite check`.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(environment.REPO_ROOT), os.getcwd(),
-                                                          env.get("PYTHONPATH")]))
-        if device == "cpu":  # a CPU run must not touch (or preallocate) a GPU
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        return env
+        return worker_env({**FRAMEWORK_ENV.get(framework, {}), **thread_env(framework, self.threads),
+                           **extra_env}, device)
 
     def _run_worker(self, framework: str, extra_env: dict, points: list[Point]) -> list[Point]:
-        """Run ``points`` in one worker; return those left when it died or hung."""
+        """Run ``points`` in one worker; return those left when it died or hung. Leaving,
+        however (Ctrl-C, SIGTERM, a time limit), kills the worker's process group."""
         job = {"framework": framework, "points": [p.to_dict() for p in points],
                "budget": vars(self.budget), "run_id": self.run_id, "threads": self.threads,
                "env": dict(self.env, env_vars=dict(self.env["env_vars"], **thread_env(framework, self.threads),
                                          **extra_env))}
         device = points[0].config.device
-        with tempfile.TemporaryFile("w+") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "attnsuite.bench.worker"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=log, text=True,
-                                    env=self._worker_env(framework, extra_env, device),
-                                    cwd=environment.REPO_ROOT, start_new_session=True)
-            proc.stdin.write(json.dumps(job))
-            proc.stdin.close()
-            messages: queue.Queue = queue.Queue()
-            threading.Thread(target=_pump, args=(proc.stdout, messages), daemon=True).start()
-            try:
-                return self._follow(proc, messages, log, framework, points)
-            except BaseException:  # Ctrl-C or a time limit: the worker lives in its own session
-                _kill(proc)
-                raise
+        # Plug-in modules resolve from the caller's directory, as in `attnsuite check`.
+        with Worker("attnsuite.bench.worker", job, self._worker_env(framework, extra_env, device),
+                    cwd=os.getcwd()) as worker:
+            return self._follow(worker, framework, points)
 
-    def _follow(self, proc, messages: queue.Queue, log, framework: str, points: list[Point]) -> list[Point]:
+    def _follow(self, worker: Worker, framework: str, points: list[Point]) -> list[Point]:
         """Store the worker's records as they come; return the points left when it died or hung."""
         index, recorded = -1, set()
         while True:
             timeout = self.budget.point_timeout + (STARTUP_ALLOWANCE if index == -1 else 0)
             try:
-                message = messages.get(timeout=timeout)
-            except queue.Empty:
-                _kill(proc)
+                message = worker.receive(timeout)
+            except TimeoutError:
+                worker.close()
                 return self._abandon(framework, points, index, recorded, "timeout",
                                      f"no result within {timeout:.0f} s; worker killed")
-            if message is None:  # the worker's stdout closed: it exited
-                proc.wait()
-                log.seek(0)
-                tail = " | ".join(log.read().strip().splitlines()[-3:])
+            if isinstance(message, Exit):
+                tail = " | ".join(message.stderr.strip().splitlines()[-3:])
                 return self._abandon(framework, points, index, recorded, "crashed",
-                                     f"worker exited with {proc.returncode}: {tail[-400:]}")
+                                     f"worker exited with {message.code}: {tail[-400:]}")
             if message["event"] == "start":
                 index, recorded = message["index"], set()
                 self.progress("start", points[index])
@@ -194,7 +171,6 @@ class Runner:
                 recorded.add(message["record"]["pass"])
                 self._store(message["record"])
             elif message["event"] == "done":
-                proc.wait()
                 return []
 
     def _abandon(self, framework, points, index, recorded, status, reason) -> list[Point]:
@@ -218,22 +194,3 @@ class Runner:
                 left.append(point)
         return left
 
-
-def _pump(stream, messages: queue.Queue) -> None:
-    for line in stream:
-        line = line.strip()
-        if line:
-            try:
-                messages.put(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    messages.put(None)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """Kill the worker and whatever it started (its own session/process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()

@@ -13,8 +13,6 @@ measurement, and a separate memory pass.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import traceback
 from typing import Any
@@ -26,6 +24,7 @@ from attnsuite.bench.sweeps import Budget, Point
 from attnsuite.impls.errors import PluginError, Unsupported
 from attnsuite.impls.registry import resolve
 from attnsuite.impls.weights import param_count
+from attnsuite.processes import worker_channel
 
 MATMUL_SIZE = {"cpu": 1024, "gpu": 8192}
 # Calls a pass makes besides its timed runs: first call, warm-up, calibration, memory pass.
@@ -196,15 +195,7 @@ class Worker:
 
 
 def main() -> int:
-    # Keep the protocol on the original stdout; send everything else printed to stderr.
-    channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    job = json.load(sys.stdin)
-
-    def emit(message: dict) -> None:
-        channel.write(json.dumps(message, default=lambda v: v.item() if hasattr(v, "item") else str(v)) + "\n")
-        channel.flush()
-
+    job, emit = worker_channel(default=lambda v: v.item() if hasattr(v, "item") else str(v))
     Worker(job, emit).run()
     emit({"event": "done"})
     return 0

@@ -4,7 +4,7 @@
                     [--device cpu|gpu] [--report DIR] [--junit-xml FILE] [--weights FILE]
                     [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N]
                     [--generated N] [--min-coverage P] [--no-diagnose] [--jobs N]
-                    [--traceback] [-q]
+                    [--timeout SECONDS] [--traceback] [-q]
 
 IMPL is a registered name (``attnsuite list``) or ``FRAMEWORK:module.path:factory``
 (the module is found from the current directory, as with ``python -m``). All the
@@ -15,6 +15,8 @@ Exit status: 0 when every implementation passes (unsupported checks are not fail
 error (unknown option, implementation name, case, unreadable --weights or --xfails, a
 --report or --junit-xml place that cannot be written, a --report folder another run is
 writing): usage errors are found before any implementation runs.
+Ctrl-C or SIGTERM ends every process of the run and writes the reports asked for, marked
+interrupted, with what was judged: exit status 130 (Ctrl-C) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from pathlib import Path
 
 from attnsuite import sanitize
 from attnsuite.conformance.cases import DTYPES, PROFILES
+from attnsuite.conformance.pool import DEFAULT_TIMEOUT
 from attnsuite.impls.registry import find_entry
 from attnsuite.options import int_in
+from attnsuite.processes import exit_status, interrupt_on_sigterm
 
 SHOWN_FAILURES = sanitize.SHOWN_FAILURES_TERMINAL
 SEED_LIMIT = 2**32      # case seeds are 32-bit
@@ -79,6 +83,16 @@ def check_output_file(option: str, path: str) -> None:
         raise _UsageError(f"{option} {path}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--timeout must be a positive number of seconds, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     paragraphs = __doc__.strip().split("\n\n")
     p = _Parser(prog="attnsuite check",
@@ -117,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not look for the likely bug of a failing implementation")
     p.add_argument("--traceback", action="store_true",
                    help="print failure messages whole, with the traceback where an implementation raised")
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"time one implementation may take on one case, then it is an error and "
+                        f"its process is killed (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the verdict only")
     return p
 
@@ -215,15 +232,19 @@ def _run(args) -> int:
     dtypes = [d for group in args.dtype for d in group] if args.dtype else None
     progress = not args.quiet and sys.stderr.isatty()
     try:
-        run = check(args.impls, profile=args.profile, dtypes=dtypes, device=args.device,
-                    weights=args.weights, xfails=args.xfails,
-                    strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
-                    isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
-                    min_coverage=args.min_coverage, generated=args.generated,
-                    diagnose=not args.no_diagnose)
+        with interrupt_on_sigterm():
+            run = check(args.impls, profile=args.profile, dtypes=dtypes, device=args.device,
+                        weights_path=args.weights, xfails=args.xfails,
+                        strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
+                        isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
+                        timeout=args.timeout, min_coverage=args.min_coverage,
+                        generated=args.generated, diagnose=not args.no_diagnose)
     except ValueError as exc:
         print(f"attnsuite check: error: {sanitize.terminal(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:    # before any judging began: nothing to report
+        print("attnsuite check: interrupted", file=sys.stderr)
+        return exit_status(exc)
     for warning in run.warnings:
         print(f"attnsuite check: warning: {sanitize.terminal(warning)}", file=sys.stderr)
     lines = _summary_lines(run, args.quiet, args.traceback)
@@ -238,6 +259,8 @@ def _run(args) -> int:
         if not args.quiet:
             print(f"wrote {args.junit_xml}")
     verdict = "PASS" if run.ok else "FAIL"
+    if run.interrupted:
+        verdict = f"INTERRUPTED ({run.interrupted}), so FAIL"
     print(f"{verdict}: {sum(i.verdict == 'pass' for i in run.implementations)} of "
           f"{len(run.implementations)} implementations pass ({len(run.cases)} cases, "
           f"profile {args.profile})")

@@ -8,9 +8,6 @@ shrunk to a minimal failing spec and shape when one fails.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
 from attnsuite.conformance.cases import DTYPES, PROFILES
@@ -30,11 +27,6 @@ def pytest_addoption(parser):
     group.addoption("--strict-fully-masked", action="store_true")
     group.addoption("--generated", type=int, default=0, metavar="N",
                     help="hypothesis examples per implementation (default 0: off)")
-
-
-def pytest_configure(config):
-    if os.getcwd() not in sys.path:  # plug-in modules resolve from here, as with `python -m`
-        sys.path.insert(0, os.getcwd())
 
 
 def _names(config) -> list[str]:

@@ -26,7 +26,7 @@ from attnsuite.files import atomic_write_text
 from attnsuite.conformance.cases import DTYPES
 from attnsuite.conformance.checks import CheckResult
 from attnsuite.conformance.diagnosis import cause_lines
-from attnsuite.conformance.runner import FAILING, ImplResult, RunResult
+from attnsuite.conformance.results import FAILING, ImplResult, RunResult
 
 FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout", "contract")
 SHOWN_FAILURES = sanitize.SHOWN_FAILURES_REPORT
@@ -66,6 +66,7 @@ def to_json(run: RunResult) -> dict:
         "cases": [{"id": c.id, "tags": list(c.tags), **c.to_dict()} for c in run.cases],
         "environment": run.environment,
         "warnings": run.warnings,
+        "interrupted": run.interrupted,
         "ok": run.ok,
     })
 
@@ -157,6 +158,12 @@ def _md_table(header, rows) -> str:
     return "\n".join(lines)
 
 
+def _interrupted_line(run: RunResult) -> list[str]:
+    if not run.interrupted:
+        return []
+    return [f"- INTERRUPTED ({run.interrupted}): a partial report, with what was judged before"]
+
+
 def _environment_lines(env: dict) -> list[str]:
     suite = env.get("suite", {})
     frameworks = ", ".join(f"{k} {v}" for k, v in env.get("frameworks", {}).items())
@@ -207,7 +214,8 @@ def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str], l
 
 def to_markdown(run: RunResult) -> str:
     verdict = "PASS" if run.ok else "FAIL"
-    environment = [sanitize.markdown_inline(line) for line in _environment_lines(run.environment)]
+    environment = [sanitize.markdown_inline(line)
+                   for line in _interrupted_line(run) + _environment_lines(run.environment)]
     out = [f"# attnsuite conformance: {verdict}", "", *environment, "",
            "Cells: status, worst error ratio (error / bound; above 1 fails), unsupported apart.", "",
            _md_table(*matrix(run)), ""]
@@ -239,7 +247,8 @@ def to_html(run: RunResult) -> str:
 
     verdict = "PASS" if run.ok else "FAIL"
     parts = [f"<h1>attnsuite conformance: {verdict}</h1>", "<ul>"]
-    parts += [f"<li>{sanitize.html(line[2:])}</li>" for line in _environment_lines(run.environment)]
+    parts += [f"<li>{sanitize.html(line[2:])}</li>"
+              for line in _interrupted_line(run) + _environment_lines(run.environment)]
     parts += ["</ul>", "<p>Cells: status, worst error ratio (error / bound; above 1 fails), "
               "unsupported apart.</p>", table(*matrix(run))]
     header, rows = behaviour_matrix(run)

@@ -6,8 +6,9 @@ import functools
 
 import pytest
 
-from attnsuite.conformance.checks import Options, judge_case, reference
-from attnsuite.conformance.runner import FAILING, load_subject
+from attnsuite.conformance import judging
+from attnsuite.conformance.checks import Options
+from attnsuite.conformance.results import FAILING
 from attnsuite.conformance.weights import load_weights
 
 
@@ -15,38 +16,35 @@ class Session:
     """What the tests of one pytest run share: loaded implementations, oracle results."""
 
     def __init__(self, config):
+        weights_path = config.getoption("--weights")
         self.options = Options(config.getoption("--device"),
                                config.getoption("--strict-fully-masked"),
-                               config.getoption("--weights"), config.getoption("--seed"))
-        weights = config.getoption("--weights")
-        self.weights = load_weights(weights) if weights else None
+                               weights_path, config.getoption("--seed"))
+        self.trained_weights = load_weights(weights_path) if weights_path else None
         self.subjects: dict[str, object] = {}
 
     def subject(self, name):
         if name not in self.subjects:
             try:
-                self.subjects[name] = load_subject(name, self.options.device)
+                self.subjects[name] = judging.load_subject(name, self.options.device)
             except Exception as exc:
-                self.subjects[name] = str(exc)
+                self.subjects[name] = exc
         subject = self.subjects[name]
-        if isinstance(subject, str):
-            if "process of its own" in subject:
-                pytest.skip(subject)
-            pytest.fail(subject, pytrace=False)
+        if isinstance(subject, judging.BackendConflict):
+            pytest.skip(str(subject))
+        if isinstance(subject, Exception):
+            pytest.fail(str(subject).strip() or type(subject).__name__, pytrace=False)
         return subject
 
     @functools.lru_cache(maxsize=4)
     def reference(self, case):
-        weights = None
-        if self.weights is not None and case.spec == self.weights[0]:
-            weights = self.weights[1]
-        return reference(case, weights, self.options.strict_fully_masked)
+        return judging.case_reference(case, self.trained_weights, self.options)
 
     def judge(self, name, case) -> list:
         """The case's results; a failing or erroring check fails the test with its message."""
         subject = self.subject(name)
         case = subject.case_for(case, self.options.seed)   # in a call form it takes
-        results = judge_case(subject, case, self.reference(case), self.options)
+        results = judging.judge(subject, case, self.reference(case), self.options)
         failures = [r.message for r in results if r.status in FAILING]
         if failures:
             pytest.fail("\n\n".join(failures), pytrace=False)

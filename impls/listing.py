@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 
 from attnsuite.impls.backends import framework_status
@@ -20,6 +18,7 @@ from attnsuite.impls.errors import PluginError, Unsupported
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import all_entries, find_entry, load_factory
 from attnsuite.impls.spec import AttentionSpec
+from attnsuite.processes import Exit, Worker, exit_status, interrupt_on_sigterm, worker_channel, worker_env
 
 _BASE = dict(d_model=16, num_heads=4)
 FEATURE_PROBES: dict[str, dict] = {
@@ -58,16 +57,15 @@ def probe(entry: Entry) -> dict:
 
 
 def _probe_group(entries: list[Entry]) -> dict[str, dict]:
-    """Probe entries that share a process key in one subprocess with their environment."""
-    env = {**os.environ, **dict(entries[0].env)}
-    cmd = [sys.executable, "-m", "attnsuite.impls.listing", "--probe", *[e.name for e in entries]]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {e.name: {"status": "error", "reason": f"probe process failed: {reason}",
-                         "features": {}} for e in entries}
+    """Probe entries that share a process key in one worker with their environment."""
+    job = {"names": [e.name for e in entries]}
+    with Worker("attnsuite.impls.listing", job, worker_env(dict(entries[0].env)),
+                args=("--probe",)) as worker:
+        answer = worker.receive()
+        if not isinstance(answer, Exit):
+            return answer
+    reason = f"probe process failed ({answer.describe()}): {answer.last_line()}"
+    return {e.name: {"status": "error", "reason": reason, "features": {}} for e in entries}
 
 
 def collect(entries: list[Entry]) -> dict[str, dict]:
@@ -107,17 +105,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="implementations to list (default: all registered)")
     parser.add_argument("--broken", action="store_true", help="include the catalog of broken implementations")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)  # internal: one process group
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # internal: a worker
     args = parser.parse_args(argv)
     if args.probe:
-        print(json.dumps({name: probe(find_entry(name)) for name in args.probe}))
+        job, emit = worker_channel()
+        emit({name: probe(find_entry(name)) for name in job["names"]})
         return 0
     try:
         entries = [find_entry(n) for n in args.names] if args.names else all_entries(args.broken)
     except PluginError as exc:
         print(f"attnsuite list: {exc}", file=sys.stderr)
         return 2
-    results = collect(entries)
+    try:
+        with interrupt_on_sigterm():    # the probing workers end with this process
+            results = collect(entries)
+    except KeyboardInterrupt as exc:
+        print("attnsuite list: interrupted", file=sys.stderr)
+        return exit_status(exc)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -3,11 +3,21 @@
 A name is either one the suite registers itself (``torch.fused``, ``numpy.oracle``, ...)
 or a plug-in written ``FRAMEWORK:module.path:factory``. Resolution imports nothing
 until asked, so listing works with no framework installed.
+
+A plug-in's module is found in the current directory, as with ``python -m``, but without
+letting that directory shadow anything: only the plug-in's own top-level module or
+package is taken from there (unless the standard library has that name), and the
+directory joins the import path last, for the plug-in's own helper modules. A ``json.py``
+or an ``impls/`` beside the user's plug-in stays out of the way.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
 from typing import Callable
 
 from attnsuite.impls.backends import FRAMEWORKS, framework_status
@@ -109,7 +119,7 @@ def load_factory(entry: Entry) -> Callable:
         raise PluginError(f"{entry.name}: framework {entry.framework!r} is not available: {reason}")
     module_name, attr = entry.target.split(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except Exception as exc:  # the module's own error, whatever it is
         raise PluginError(f"{entry.name}: module {module_name!r} does not import: "
                           f"{type(exc).__name__}: {exc}") from exc
@@ -119,6 +129,26 @@ def load_factory(entry: Entry) -> Callable:
     if not callable(factory):
         raise PluginError(f"{entry.name}: {entry.target} is a {type(factory).__name__}, not a callable factory")
     return factory
+
+
+def _import(module_name: str):
+    """Import a plug-in's module, its top-level package from the current directory if it
+    is there (see the module docstring)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    top = module_name.partition(".")[0]
+    if top not in sys.modules and top not in sys.stdlib_module_names:
+        spec = importlib.machinery.PathFinder.find_spec(top, [here])
+        if spec is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(module_name)
 
 
 def resolve(name: str) -> tuple[Entry, Callable]:

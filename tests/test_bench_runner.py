@@ -87,7 +87,7 @@ def test_an_interrupted_sweep_keeps_its_records_and_leaves_no_worker_behind(tmp_
     runner must end it; every record stored before the interrupt stays."""
     import subprocess
 
-    from attnsuite.bench import runner as runner_module
+    from attnsuite import processes
 
     started, real_popen = [], subprocess.Popen
 
@@ -99,7 +99,7 @@ def test_an_interrupted_sweep_keeps_its_records_and_leaves_no_worker_behind(tmp_
         if event == "record":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner_module.subprocess, "Popen", popen)
+    monkeypatch.setattr(processes.subprocess, "Popen", popen)
     configs = [Config(1, L, L, 8, 2, 2, "float32", False, "cpu") for L in LENGTHS]
     budget = Budget(max_time=0.02, min_runs=3, point_timeout=30.0, min_block_time=1e-3)
     with pytest.raises(KeyboardInterrupt):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from attnsuite.conformance import runner
+from attnsuite.conformance import pool
 from attnsuite.conformance.checks import Options
 from attnsuite.conformance.runner import check
 from conftest import require
@@ -171,33 +171,33 @@ def plain_env(monkeypatch, tmp_path):
     for name in (*JAX_CACHE_VARS, "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(runner, "_can_cap_jax_cache", lambda: True)
+    monkeypatch.setattr(pool, "_can_cap_jax_cache", lambda: True)
     return monkeypatch
 
 
 @pytest.mark.parametrize("name", ["numpy.oracle", "torch.fused", "tensorflow.fused", "jax.fused"])
 def test_a_cpu_run_hides_the_gpu_and_a_gpu_run_does_not(plain_env, name):
     entry = find_entry(name)
-    assert runner._worker_env(entry, "cpu")["CUDA_VISIBLE_DEVICES"] == "", name
-    assert "CUDA_VISIBLE_DEVICES" not in runner._worker_env(entry, "gpu"), name
+    assert pool._worker_env(entry, "cpu")["CUDA_VISIBLE_DEVICES"] == "", name
+    assert "CUDA_VISIBLE_DEVICES" not in pool._worker_env(entry, "gpu"), name
     plain_env.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert runner._worker_env(entry, "gpu")["CUDA_VISIBLE_DEVICES"] == "1", name
-    assert runner._worker_env(entry, "cpu")["CUDA_VISIBLE_DEVICES"] == "", name
+    assert pool._worker_env(entry, "gpu")["CUDA_VISIBLE_DEVICES"] == "1", name
+    assert pool._worker_env(entry, "cpu")["CUDA_VISIBLE_DEVICES"] == "", name
 
 
 def test_jax_workers_on_a_gpu_share_it_rather_than_preallocate_it(plain_env):
     plain_env.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
-    assert runner._worker_env(find_entry("jax.fused"), "gpu")["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in runner._worker_env(find_entry("torch.fused"), "gpu")
+    assert pool._worker_env(find_entry("jax.fused"), "gpu")["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in pool._worker_env(find_entry("torch.fused"), "gpu")
 
 
 def test_jax_workers_get_a_capped_persistent_cache(plain_env, tmp_path):
     for name in ("jax.fused", "flax.nnx.MultiHeadAttention", "keras.jax.MultiHeadAttention"):
-        env = runner._worker_env(find_entry(name), "cpu")
+        env = pool._worker_env(find_entry(name), "cpu")
         assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "attnsuite" / "jax-capped"), name
         assert int(env["JAX_COMPILATION_CACHE_MAX_SIZE"]) == 256 * 2**20, name
     for name in ("numpy.oracle", "torch.fused", "tensorflow.fused"):
-        env = runner._worker_env(find_entry(name), "cpu")
+        env = pool._worker_env(find_entry(name), "cpu")
         assert not set(JAX_CACHE_VARS) & set(env), f"{name} got JAX cache settings"
 
 
@@ -213,18 +213,18 @@ def test_jax_reads_the_cache_settings_from_these_variables():
 def test_the_users_own_jax_cache_settings_win(plain_env):
     entry = find_entry("jax.fused")
     plain_env.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", "1000")
-    assert runner._worker_env(entry, "cpu")["JAX_COMPILATION_CACHE_MAX_SIZE"] == "1000"
+    assert pool._worker_env(entry, "cpu")["JAX_COMPILATION_CACHE_MAX_SIZE"] == "1000"
     plain_env.delenv("JAX_COMPILATION_CACHE_MAX_SIZE")
     plain_env.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
-    env = runner._worker_env(entry, "cpu")
+    env = pool._worker_env(entry, "cpu")
     assert env["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
     assert "JAX_COMPILATION_CACHE_MAX_SIZE" not in env, "the user's own cache was capped"
 
 
 def test_no_persistent_cache_where_jax_cannot_cap_it(plain_env):
     """Without ``filelock`` JAX raises on a capped cache: better none than an unbounded one."""
-    plain_env.setattr(runner, "_can_cap_jax_cache", lambda: False)
-    env = runner._worker_env(find_entry("jax.fused"), "cpu")
+    plain_env.setattr(pool, "_can_cap_jax_cache", lambda: False)
+    env = pool._worker_env(find_entry("jax.fused"), "cpu")
     assert not set(JAX_CACHE_VARS) & set(env), env
 
 
@@ -232,12 +232,11 @@ def test_no_persistent_cache_where_jax_cannot_cap_it(plain_env):
 def test_isolated_workers_start_with_the_runs_device(monkeypatch, device):
     seen = []
 
-    def fake_worker(job, env, indices, events, processes):
+    def fake_part(part, names, cases, job_base, env, timeout, events, workers):
         seen.append(env.get("CUDA_VISIBLE_DEVICES"))
-        events.put(("worker_exit", indices, (0, "")))
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(runner, "_run_worker", fake_worker)
-    list(runner.judge_isolated(["numpy.oracle", "torch.fused"], [], Options(device=device), jobs=1))
+    monkeypatch.setattr(pool, "_judge_part", fake_part)
+    list(pool.judge_isolated(["numpy.oracle", "torch.fused"], [], Options(device=device), jobs=1))
     expected = "" if device == "cpu" else None
     assert seen == [expected] * 2, f"device {device}: the workers got CUDA_VISIBLE_DEVICES {seen}"

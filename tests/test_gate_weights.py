@@ -64,7 +64,7 @@ def test_cases_run_on_the_file_weights(tmp_path, monkeypatch):
     # named by ATTNSUITE_TEST_WEIGHTS: it passes exactly when the suite feeds it those.
     monkeypatch.setenv("ATTNSUITE_TEST_WEIGHTS", str(trained))
     run = check([P + "frozen_weights", "numpy.oracle"], profile="quick", dtypes=["float64"],
-                weights=trained)
+                weights_path=trained)
     frozen, reference = run.implementations
     assert reference.verdict == "pass" and frozen.verdict == "pass", \
         [r.message for r in frozen.failures()]
@@ -72,7 +72,7 @@ def test_cases_run_on_the_file_weights(tmp_path, monkeypatch):
     assert run.environment["weights"]["spec"] == SPEC.to_dict()
     assert len(run.environment["weights"]["sha256"]) == 64
     monkeypatch.setenv("ATTNSUITE_TEST_WEIGHTS", str(other))
-    run = check([P + "frozen_weights"], profile="quick", dtypes=["float64"], weights=trained)
+    run = check([P + "frozen_weights"], profile="quick", dtypes=["float64"], weights_path=trained)
     failures = run.implementations[0].failures()
     assert failures and {r.check for r in failures} >= {"output"}
     assert all(f"--weights {trained}" in r.message for r in failures)
