@@ -25,8 +25,10 @@ SHOWN_FAILURES_TERMINAL = 5
 SHOWN_FAILURES_REPORT = 20
 # A stored message is kept whole up to this many characters (a plug-in could raise with megabytes).
 MESSAGE_CHARS = 20_000
-# A one-line summary (JUnit's message attribute, a progress line).
+# A one-line summary (JUnit's message attribute, a stored error's reason, an exit's tail).
 SUMMARY_CHARS = 200
+# What a progress bar says it is doing.
+PROGRESS_CHARS = 60
 # Lines of a message the terminal shows without --traceback.
 TERMINAL_MESSAGE_LINES = 12
 

@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from attnsuite import sanitize
 from attnsuite.bench import compare as compare_mod
 from attnsuite.bench import pytest_json, report, store
 from attnsuite.bench.flops import PASSES
@@ -143,7 +144,7 @@ def _bench(args) -> int:
                 progress.advance(task)
                 if payload["status"] != "ok":
                     progress.console.print(f"  {payload['impl']} {payload['pass']}: {payload['status']}: "
-                                           f"{(payload.get('reason') or '')[:160]}", markup=False, soft_wrap=True)
+                                           f"{sanitize.one_line(payload.get('reason') or '')}", markup=False, soft_wrap=True)
 
         records = Runner(args.out, budget, machine=args.machine, threads=args.threads,
                          progress=on_event).run(

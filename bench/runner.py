@@ -12,6 +12,7 @@ import os
 import uuid
 from typing import Any, Callable, Iterable
 
+from attnsuite import sanitize
 from attnsuite.bench import environment, store
 from attnsuite.bench.flops import PASSES
 from attnsuite.bench.records import new_record
@@ -163,7 +164,7 @@ class Runner:
             if isinstance(message, Exit):
                 tail = " | ".join(message.stderr.strip().splitlines()[-3:])
                 return self._abandon(framework, points, index, recorded, "crashed",
-                                     f"worker exited with {message.code}: {tail[-400:]}")
+                                     f"worker exited with {message.code}: {sanitize.one_line(tail[-sanitize.SUMMARY_CHARS:])}")
             if message["event"] == "start":
                 index, recorded = message["index"], set()
                 self.progress("start", points[index])

@@ -17,6 +17,7 @@ import sys
 import traceback
 from typing import Any
 
+from attnsuite import sanitize
 from attnsuite.bench import flops, frameworks, timing
 from attnsuite.bench.case import Workload, build
 from attnsuite.bench.records import new_record
@@ -32,8 +33,7 @@ OVERHEAD_CALLS = 5
 
 
 def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text if len(text) <= 500 else text[:497] + "..."
+    return sanitize.one_line(f"{type(exc).__name__}: {exc}")
 
 
 class Worker:

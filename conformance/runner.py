@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from attnsuite import sanitize
 from attnsuite import environment as suite_environment
 from attnsuite.conformance.cases import Case, catalog, find_case, generated_cases
 from attnsuite.conformance.checks import Options
@@ -118,7 +119,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done)
             if text:
-                self.bar.update(self.task, description=text[:60])
+                self.bar.update(self.task, description=sanitize.one_line(text, sanitize.PROGRESS_CHARS))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the import: quiet s
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from attnsuite import sanitize
 from attnsuite.impls.backends.common import convert_inputs, differentiable_inputs  # noqa: E402
 from attnsuite.impls.errors import Unsupported  # noqa: E402
 
@@ -86,7 +87,7 @@ def _run(call, dtype: str, device: str):
     except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as exc:
         if not _lacks_dtype(exc):
             raise
-        first_line = exc.message.strip().splitlines()[0][:300]
+        first_line = sanitize.one_line(exc.message)
         raise Unsupported(f"tensorflow has no {dtype} kernel on {device} for an op this "
                           f"implementation uses: {first_line}") from exc
 
