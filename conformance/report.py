@@ -28,7 +28,7 @@ from attnsuite.conformance.checks import CheckResult
 from attnsuite.conformance.diagnosis import cause_lines
 from attnsuite.conformance.results import FAILING, ImplResult, RunResult
 
-FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout", "contract")
+FAMILIES = ("output", "grad", "fully_masked", "stateless", "deterministic", "dropout", "contract", "decode")
 SHOWN_FAILURES = sanitize.SHOWN_FAILURES_REPORT
 LOCK_NAME = ".conformance.lock"
 
