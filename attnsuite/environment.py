@@ -29,14 +29,23 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def uncommitted_changes() -> list[str] | None:
+    """The tracked files that differ from the suite's commit; None outside a checkout."""
+    if not (SUITE_ROOT / "pyproject.toml").is_file():   # installed: no repository to ask
+        return None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    # Each line is "XY path"; _git strips the output, so the first may have lost a blank X.
+    return None if status is None else [line.split(maxsplit=1)[1] for line in status.splitlines()]
+
+
 @functools.lru_cache(maxsize=None)
 def git_commit() -> dict[str, object]:
     """The suite's commit and whether tracked files differ from it (None outside a checkout)."""
-    if not (SUITE_ROOT / "pyproject.toml").is_file():   # installed: no repository to ask
+    if not (SUITE_ROOT / "pyproject.toml").is_file():
         return {"commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    changes = uncommitted_changes()
     return {"commit": _git("rev-parse", "HEAD") or None,
-            "dirty": bool(status) if status is not None else None}
+            "dirty": None if changes is None else bool(changes)}
 
 
 def version(distribution: str) -> str | None:

@@ -44,6 +44,7 @@ from attnsuite.impls.errors import Unsupported
 from attnsuite.impls.weights import weight_shapes
 
 STATUSES = ("pass", "fail", "error", "unsupported", "xfail", "xpass")
+FAILING = ("fail", "error")             # the statuses that fail a verdict
 
 
 @dataclasses.dataclass
@@ -155,7 +156,7 @@ class _Judge:
         self.results: list[CheckResult] = []
 
     def add(self, check: str, status: str, text: str, ratio=None, **detail) -> None:
-        if status in ("fail", "error"):
+        if status in FAILING:
             text = "\n".join([f"{self.subject.name} :: {self.case.id} :: {check}: {status.upper()}",
                               f"  case: {self.case.describe()}", "  " + text.replace("\n", "\n  "),
                               f"  {self.options.reproduce(self.subject.name, self.case)}"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from attnsuite.conformance import tolerance
 from attnsuite.impls import oracle
+from attnsuite.impls.backends.common import convert_inputs
 from attnsuite.impls.errors import Unsupported
 
 
@@ -43,10 +44,10 @@ def run_decode(backend, fn, data, dtype: str, device: str):
     cache = fn.init_cache(params, data.query.shape[0])
     outputs = []
     for start, stop in decode_chunks(data.query.shape[1]):
-        chunk = [backend.tensor(a[:, start:stop], dtype, device) for a in (data.query, data.key, data.value)]
-        if data.case.form == "self":
-            chunk = [chunk[0]] * 3
-        out, cache = fn.decode(params, cache, *chunk)
+        arrays = (a[:, start:stop] for a in (data.query, data.key, data.value))
+        q, k, v, _, _ = convert_inputs(backend.tensor, *arrays, None, None, dtype, device,
+                                       data.case.form)   # one tensor where the form passes one
+        out, cache = fn.decode(params, cache, q, k, v)
         outputs.append(((start, stop), backend.to_numpy(out)))
     return outputs
 

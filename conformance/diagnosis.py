@@ -31,7 +31,7 @@ import numpy as np
 
 from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC
-from attnsuite.conformance.checks import reference
+from attnsuite.conformance.checks import FAILING, reference
 from attnsuite.conformance.hypotheses import HYPOTHESES, Hypothesis
 from attnsuite.impls.calling import make_fn
 from attnsuite.impls import oracle
@@ -362,7 +362,7 @@ def diagnosis_events(subjects, cases, judged, outputs, options, weights=None):
     ``cases[i]``: the cases implementation i was judged on (in its call form);
     ``outputs[i]``: case id -> (out, grads or None) the implementation gave when judged."""
     for i, subject in enumerate(subjects):
-        if subject is None or not any(r.status in ("fail", "error") for r in judged[i]):
+        if subject is None or not any(r.status in FAILING for r in judged[i]):
             continue
         try:
             found = diagnose(subject, cases[i], judged[i], device=options.device,

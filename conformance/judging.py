@@ -32,7 +32,8 @@ import traceback
 from typing import Iterator, Sequence
 
 from attnsuite.conformance.cases import Case
-from attnsuite.conformance.checks import CheckResult, Options, Reference, Subject, judge_case, reference
+from attnsuite.conformance.checks import (FAILING, CheckResult, Options, Reference, Subject, judge_case,
+                                          reference)
 from attnsuite.conformance.diagnosis import diagnosis_events
 from attnsuite.impls.backends import load_backend
 from attnsuite.impls.calling import forms_of
@@ -123,15 +124,16 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
             if target is case:
                 ref = references[c]
             else:
-                ref = moved.get(target.id) or moved.setdefault(
-                    target.id, case_reference(target, trained_weights, options))
+                if target.id not in moved:
+                    moved[target.id] = case_reference(target, trained_weights, options)
+                ref = moved[target.id]
             yield ("start", i, target.id)
             began = time.perf_counter()
             results = judge(subject, target, ref, options, outputs[i] if options.diagnose else None)
             seconds = time.perf_counter() - began
             judged[i] += results
             judged_cases[i].append(target)
-            if not any(r.status in ("fail", "error") for r in results):
+            if not any(r.status in FAILING for r in results):
                 outputs[i].pop(target.id, None)
             for result in results:
                 yield ("result", i, result)

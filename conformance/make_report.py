@@ -12,23 +12,16 @@ from; a tree with uncommitted changes is refused, so that commit is the whole tr
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 from attnsuite.conformance import cli
+from attnsuite.environment import uncommitted_changes
 from attnsuite.impls.registry import REGISTRY
+from attnsuite.processes import SUITE_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPORT_DIR = REPO_ROOT / "reports" / "conformance"
+REPORT_DIR = SUITE_ROOT / "reports" / "conformance"
 PROFILE = "default"
-
-
-def uncommitted_changes() -> list[str]:
-    """Tracked files that differ from HEAD."""
-    status = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain",
-                             "--untracked-files=no"], capture_output=True, text=True, check=True)
-    return [line[3:] for line in status.stdout.splitlines()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPORT_DIR)
     args = parser.parse_args(argv)
     changed = uncommitted_changes()
+    if changed is None:
+        print("make_report: run it in a git checkout of attnsuite: the report names its commit",
+              file=sys.stderr)
+        return 2
     if changed:
         print(f"make_report: commit first; uncommitted changes in {', '.join(changed)}",
               file=sys.stderr)

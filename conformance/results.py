@@ -6,10 +6,8 @@ import dataclasses
 import signal
 
 from attnsuite.conformance.cases import Case
-from attnsuite.conformance.checks import CheckResult
+from attnsuite.conformance.checks import FAILING, CheckResult
 from attnsuite.conformance.coverage import Coverage, coverage
-
-FAILING = ("fail", "error")
 
 
 @dataclasses.dataclass
@@ -37,14 +35,14 @@ class ImplResult:
 
     def finish(self, min_coverage: float | None = None) -> None:
         """The verdict; ``min_coverage`` (a share, 0 to 1): judged on less fails."""
-        share = self.coverage().share
+        judged = self.coverage()
         if self.reason is not None:
             self.verdict = "error"
         elif self.failures():
             self.verdict = "fail"
-        elif min_coverage is not None and 0 < share < min_coverage:
+        elif min_coverage is not None and 0 < judged.share < min_coverage:
             self.verdict = "fail"
-            self.reason = (f"judged on {self.coverage().describe()}, below --min-coverage "
+            self.reason = (f"judged on {judged.describe()}, below --min-coverage "
                            f"{100 * min_coverage:.0f}%")
         elif all(r.status == "unsupported" for r in self.results):
             # Nothing judged is no pass (as pytest exits 5 when no test ran): a gate that

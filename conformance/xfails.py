@@ -13,7 +13,7 @@ import fnmatch
 from pathlib import Path
 from typing import Iterable
 
-from attnsuite.conformance.checks import CheckResult
+from attnsuite.conformance.checks import FAILING, CheckResult
 
 
 @dataclasses.dataclass
@@ -83,7 +83,7 @@ class Xfails:
         entry = self.match(impl, result)
         if entry is None or result.status == "unsupported":
             return result
-        if result.status in ("fail", "error"):
+        if result.status in FAILING:
             return dataclasses.replace(result, status="xfail",
                                        message=f"XFAIL ({entry.reason}): {result.message}")
         return dataclasses.replace(result, status="xpass", message=(

@@ -9,5 +9,13 @@ class Unsupported(Exception):
     """
 
 
+def decline(layer: str, reasons) -> None:
+    """Raise ``Unsupported`` naming ``layer`` for the first of ``reasons`` (pairs
+    ``(applies, why)``) that applies: what an adapter's layer has no option for."""
+    for applies, why in reasons:
+        if applies:
+            raise Unsupported(f"{layer}: {why}")
+
+
 class PluginError(ValueError):
     """An implementation name that cannot be resolved to a factory (one-line message)."""

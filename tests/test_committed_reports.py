@@ -8,15 +8,16 @@ import subprocess
 
 import pytest
 
-from attnsuite.conformance.make_report import PROFILE, REPO_ROOT, REPORT_DIR
+from attnsuite.conformance.make_report import PROFILE, REPORT_DIR
 from attnsuite.impls.registry import REGISTRY
+from attnsuite.processes import SUITE_ROOT
 
 HEADER = re.compile(r"^- suite: attnsuite \S+ at commit (?P<commit>[0-9a-f]{40})(?P<dirty> \(uncommitted changes\))?$",
                     re.MULTILINE)
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True)
+    return subprocess.run(["git", "-C", str(SUITE_ROOT), *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ own options; the canonical params become its ``Linear`` weights inside ``fn``
 
 from __future__ import annotations
 
-import math
-
+from attnsuite.impls.builtin import scale_is_default
 from attnsuite.impls.builtin.optional import library
-from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.masks import visible_mask
 from attnsuite.impls.spec import AttentionSpec
 
@@ -25,13 +24,11 @@ def check_supported(spec: AttentionSpec) -> None:
     reasons = [
         (spec.H_kv != spec.H,
          "no grouped-query or multi-query attention (one key/value head per query head)"),
-        (spec.scale is not None and not math.isclose(spec.scale, 1 / math.sqrt(spec.d_k)),
+        (not scale_is_default(spec),
          "no scale option: logits are always scaled by 1/sqrt(qk_size)"),
         (spec.softcap is not None, "no logit softcap"),
     ]
-    for failing, why in reasons:
-        if failing:
-            raise Unsupported(f"{NAME}: {why}")
+    decline(NAME, reasons)
 
 
 def make_layer(spec: AttentionSpec):

@@ -10,15 +10,14 @@ with a fully masked row is left for the suite to see.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attnsuite.impls.builtin import scale_is_default
 from attnsuite.impls.convert.flax import to_linen, to_nnx
-from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.spec import AttentionSpec
 
 
@@ -26,15 +25,13 @@ def _require_common(spec: AttentionSpec, layer: str) -> None:
     """What neither flax layer can express."""
     reasons = [
         (spec.d_v != spec.d_k, "one head size for query, key and value (value_head_dim)"),
-        (spec.scale is not None and not math.isclose(spec.scale, 1 / math.sqrt(spec.d_k)),
+        (not scale_is_default(spec),
          "no scale option: logits are always scaled by 1/sqrt(head_dim)"),
         (spec.softcap is not None, "no logit softcap"),
         (spec.window is not None, "no sliding-window option"),
         (spec.causal == "bottom_right", "no bottom-right causal alignment"),
     ]
-    for failing, why in reasons:
-        if failing:
-            raise Unsupported(f"{layer}: {why}")
+    decline(layer, reasons)
 
 
 def _no_bias(layer: str, bias) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 
-from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.ops.jax import output, project
 from attnsuite.impls.spec import AttentionSpec
 
@@ -32,9 +32,7 @@ def check_supported(spec: AttentionSpec, implementation: str | None) -> None:
         (implementation == "cudnn" and jax.default_backend() != "gpu",
          f"cuDNN needs a GPU (JAX's backend here is {jax.default_backend()})"),
     ]
-    for failing, why in reasons:
-        if failing:
-            raise Unsupported(f"{function_name(implementation)}: {why}")
+    decline(function_name(implementation), reasons)
 
 
 def attend(spec: AttentionSpec, q, k, v, mask=None, bias=None, implementation: str | None = None):

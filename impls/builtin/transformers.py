@@ -23,12 +23,12 @@ the logits. Configs are built in code; the modules live on the meta device and
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
+from attnsuite.impls.builtin import scale_is_default
 from attnsuite.impls.builtin.optional import library
 from attnsuite.impls.calling import call_forms
-from attnsuite.impls.errors import Unsupported
+from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.masks import visible_mask
 from attnsuite.impls.spec import AttentionSpec
 
@@ -45,16 +45,6 @@ def call_form(query, key, value) -> str:
     if query is key and key is value:
         return "self"
     return "kv" if key is value else "qkv"
-
-
-def _require(name: str, failures: list[tuple[bool, str]]) -> None:
-    for failing, why in failures:
-        if failing:
-            raise Unsupported(f"{name}: {why}")
-
-
-def _default_scale(spec: AttentionSpec) -> bool:
-    return spec.scale is None or math.isclose(spec.scale, 1 / math.sqrt(spec.d_k))
 
 
 def _attention_mask(spec, implementation, L_q, L_k, mask, bias, like, layer_is_causal):
@@ -85,7 +75,7 @@ def _factory(name: str, problems: Callable, build: Callable, forms: dict[str, Ca
 
     def factory(spec: AttentionSpec):
         library("transformers", label)  # a missing library is the reason for every spec
-        _require(label, problems(spec))
+        decline(label, problems(spec))
         import torch
 
         from attnsuite.impls.convert import transformers as convert
@@ -126,7 +116,7 @@ def _bert_problems(spec: AttentionSpec) -> list[tuple[bool, str]]:
         (spec.E_k != spec.E or spec.E_v != spec.E, "key and value have hidden_size features"),
         (spec.E_o != spec.E, "the output dense maps hidden_size to hidden_size"),
         (not spec.bias, "its Linear layers always have biases"),
-        (not _default_scale(spec), "no scale option: 1/sqrt(head size)"),
+        (not scale_is_default(spec), "no scale option: 1/sqrt(head size)"),
         (spec.softcap is not None, "no logit softcap"),
         (spec.rope is not None, "no rotary positions (BERT's positions are embeddings outside the layer)"),
     ]
@@ -180,7 +170,7 @@ def _llama_problems(spec: AttentionSpec) -> list[tuple[bool, str]]:
         (spec.d_k % 2, "head_dim must be even (its config validates RoPE, which rotates pairs)"),
         (spec.E_k != spec.E or spec.E_v != spec.E, "key and value have hidden_size features"),
         (spec.E_o != spec.E, "o_proj maps back to hidden_size"),
-        (not _default_scale(spec), "no scale option: 1/sqrt(head_dim)"),
+        (not scale_is_default(spec), "no scale option: 1/sqrt(head_dim)"),
         (spec.softcap is not None, "no logit softcap"),
         (spec.rope is not None and (spec.rope.style != "half" or spec.rotary_dim != spec.d_k),
          "RoPE in the half style over the whole head only"),
@@ -190,7 +180,7 @@ def _llama_problems(spec: AttentionSpec) -> list[tuple[bool, str]]:
 def _llama_build(spec: AttentionSpec, implementation: str):
     import torch
     from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaAttention
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
     from attnsuite.impls.convert.transformers import LLAMA as layout
 
@@ -202,8 +192,10 @@ def _llama_build(spec: AttentionSpec, implementation: str):
                      attn_implementation=implementation)
     with torch.device("meta"):
         module = LlamaAttention(config, layer_idx=0)
-    module.rope = spec.rope is not None   # read by _llama_self
-    return {"attn": module}, layout, module.is_causal
+    modules = {"attn": module}
+    if spec.rope is not None:   # its own rotary embedding (no weights: cos and sin of positions)
+        modules["rope"] = LlamaRotaryEmbedding(config)
+    return modules, layout, module.is_causal
 
 
 def _llama_self(modules, state, query, key, value, attention_mask):
@@ -211,12 +203,10 @@ def _llama_self(modules, state, query, key, value, attention_mask):
     from torch.func import functional_call
 
     attn = modules["attn"]
-    if attn.rope:   # its own rotary embedding, at positions 0 .. L-1
-        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
+    if "rope" in modules:   # at positions 0 .. L-1
         positions = torch.arange(query.shape[1], device=query.device)[None].expand(query.shape[:2])
-        cos, sin = LlamaRotaryEmbedding(attn.config).to(query.device)(query, positions)
-    else:           # RoPE as the identity: cos = 1, sin = 0 at every position
+        cos, sin = modules["rope"].to(query.device)(query, positions)
+    else:                   # RoPE as the identity: cos = 1, sin = 0 at every position
         cos = torch.ones((*query.shape[:2], attn.head_dim), dtype=query.dtype, device=query.device)
         sin = torch.zeros_like(cos)
     out, _ = functional_call(attn, state, (query,), {"position_embeddings": (cos, sin),

@@ -4,7 +4,7 @@ self-attention layer (``forward(hidden_states)``) or a decoder's cross-attention
 
 from __future__ import annotations
 
-from attnsuite.impls import oracle
+from attnsuite.impls import Unsupported, oracle
 from attnsuite.impls.calling import call_forms
 
 CALLS = []   # what each factory was told, for the tests
@@ -47,8 +47,6 @@ def memory_only(spec, **context):
 
 def picky(spec):
     """Declines every spec but plain multi-head self-sized attention with biases."""
-    from attnsuite.impls import Unsupported
-
     plain = spec.replace(causal=None, window=None, softcap=None, num_kv_heads=None, kdim=None,
                          vdim=None, bias=True, dropout=0.0, scale=None, out_dim=None)
     if spec != plain:
