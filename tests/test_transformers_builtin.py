@@ -201,3 +201,26 @@ def test_its_own_rotary_embedding_matches_the_oracles_rope(name, spec):
     np.testing.assert_allclose(out, oracle.forward(spec, w, x, x, x), atol=3e-5, rtol=1e-4)
     plain = oracle.forward(spec.replace(rope=None), w, x, x, x)
     assert not np.allclose(out, plain, atol=1e-3), "RoPE made no difference"
+
+
+@pytest.mark.parametrize("name", ["LlamaAttention.eager", "LlamaAttention.sdpa"])
+@pytest.mark.parametrize("spec", [S(16, 4, num_kv_heads=2, causal="bottom_right", rope={"style": "half"}),
+                                  S(16, 2, causal="top_left", window=(2, 0))], ids=str)
+def test_decoding_with_its_dynamic_cache_matches_the_full_causal_pass(name, spec):
+    """fn.decode through Llama's real DynamicCache, a prefill then single tokens, row for
+    row against the oracle's causal pass over the whole sequence (float32: its rotary
+    embedding computes cos and sin in float32)."""
+    import attnsuite.impls.backends.torch as backend
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 7, spec.E))
+    w = init_weights(spec, seed=7)
+    full = oracle.forward(spec, w, x, x, x)
+    fn = FACTORIES[name](spec)
+    params = backend.params(w, "float32", "cpu")
+    cache = fn.init_cache(params, 2)
+    for start, stop in [(0, 3), (3, 4), (4, 5), (5, 7)]:
+        chunk = torch.tensor(x[:, start:stop], dtype=torch.float32)
+        out, cache = fn.decode(params, cache, chunk, chunk, chunk)
+        np.testing.assert_allclose(out.detach().numpy(), full[:, start:stop], atol=3e-5, rtol=1e-4)
+    assert cache.get_seq_length() == 7, "the cache holds every token fed"

@@ -2,8 +2,9 @@
 ``forward``, under each attention implementation they dispatch to on a CPU.
 
 - ``BertSelfAttention`` with ``BertSelfOutput``'s ``dense`` (no LayerNorm or residual).
-- ``LlamaAttention`` (grouped heads), with RoPE made the identity (cos = 1, sin = 0) until
-  the spec has positions.
+- ``LlamaAttention`` (grouped heads), with its own rotary embedding for a half-style RoPE
+  (the identity, cos = 1 and sin = 0, for a spec without RoPE); it decodes with its own
+  ``DynamicCache`` (``fn.init_cache``/``fn.decode``, SPEC 5).
 
 Both take ONE input, ``hidden_states``: they declare the ``self`` call form
 (``attnsuite.impls.calling``), and the gate moves every case of a profile into it; each form
@@ -68,9 +69,11 @@ def _attention_mask(spec, implementation, L_q, L_k, mask, bias, like, layer_is_c
 
 
 def _factory(name: str, problems: Callable, build: Callable, forms: dict[str, Callable],
-             implementation: str):
+             implementation: str, decode_step: Callable | None = None):
     """A factory for a layer: ``build(spec, implementation)`` gives its meta modules,
-    ``forms[form](modules, state, query, key, value, attention_mask)`` calls them."""
+    ``forms[form](modules, state, query, key, value, attention_mask)`` calls them, and
+    ``decode_step(modules, state, cache, hidden_states, attention_mask)``, where given,
+    feeds new tokens through the layer with its own cache (SPEC 5, "Decoding")."""
     label = f'{name} (attn_implementation="{implementation}")'
 
     def factory(spec: AttentionSpec):
@@ -97,9 +100,38 @@ def _factory(name: str, problems: Callable, build: Callable, forms: dict[str, Ca
                                    query, key, value, attention_mask)
 
         fn.layer = torch.nn.ModuleDict(modules)  # what the benchmark counts: every module used
+        if decode_step is not None and spec.causal is not None:
+            _declare_decoding(fn, label, spec, implementation, modules, is_causal, decode_step)
         return fn
 
     return call_forms(*forms)(factory)
+
+
+def _declare_decoding(fn, label, spec, implementation, modules, is_causal, decode_step) -> None:
+    """``fn.init_cache``/``fn.decode`` on the layer's own ``DynamicCache``: the new tokens
+    are the last of the keys seen so far, so the step's mask is bottom-right causal."""
+    from transformers import DynamicCache
+
+    from attnsuite.impls.convert import transformers as convert
+
+    decoding = spec.replace(causal="bottom_right")
+
+    def init_cache(params, batch_size):
+        return DynamicCache()
+
+    def decode(params, cache, query, key, value):
+        if call_form(query, key, value) != "self":
+            raise Unsupported(f"{label}: decodes self-attention only")
+        past = cache.get_seq_length()
+        new = query.shape[1]
+        attention_mask = _attention_mask(decoding, implementation, new, past + new, None, None,
+                                         query, is_causal)
+        for module in modules.values():
+            module.eval()
+        state = convert.to_state_dict(spec, params, convert.LLAMA)
+        return decode_step(modules, state, cache, query, attention_mask), cache
+
+    fn.init_cache, fn.decode = init_cache, decode
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,19 +230,38 @@ def _llama_build(spec: AttentionSpec, implementation: str):
     return modules, layout, module.is_causal
 
 
-def _llama_self(modules, state, query, key, value, attention_mask):
+def _llama_position_embeddings(modules, hidden_states, start: int = 0):
+    """(cos, sin) for the tokens of ``hidden_states`` at positions start, start + 1, ...:
+    those of the layer's own rotary embedding, or the identity (cos = 1, sin = 0)."""
     import torch
+
+    B, L = hidden_states.shape[:2]
+    if "rope" in modules:
+        positions = torch.arange(start, start + L, device=hidden_states.device)[None].expand(B, L)
+        return modules["rope"].to(hidden_states.device)(hidden_states, positions)
+    cos = torch.ones((B, L, modules["attn"].head_dim), dtype=hidden_states.dtype,
+                     device=hidden_states.device)
+    return cos, torch.zeros_like(cos)
+
+
+def _llama_self(modules, state, query, key, value, attention_mask):
     from torch.func import functional_call
 
-    attn = modules["attn"]
-    if "rope" in modules:   # at positions 0 .. L-1
-        positions = torch.arange(query.shape[1], device=query.device)[None].expand(query.shape[:2])
-        cos, sin = modules["rope"].to(query.device)(query, positions)
-    else:                   # RoPE as the identity: cos = 1, sin = 0 at every position
-        cos = torch.ones((*query.shape[:2], attn.head_dim), dtype=query.dtype, device=query.device)
-        sin = torch.zeros_like(cos)
-    out, _ = functional_call(attn, state, (query,), {"position_embeddings": (cos, sin),
-                                                    "attention_mask": attention_mask})
+    out, _ = functional_call(modules["attn"], state, (query,),
+                             {"position_embeddings": _llama_position_embeddings(modules, query),
+                              "attention_mask": attention_mask})
+    return out
+
+
+def _llama_decode_step(modules, state, cache, hidden_states, attention_mask):
+    """New tokens through ``LlamaAttention`` with its ``DynamicCache``, which it updates
+    with their rotated keys and values: positions continue from the cache's length."""
+    from torch.func import functional_call
+
+    positions = _llama_position_embeddings(modules, hidden_states, cache.get_seq_length())
+    out, _ = functional_call(modules["attn"], state, (hidden_states,),
+                             {"position_embeddings": positions, "attention_mask": attention_mask,
+                              "cache": cache})
     return out
 
 
@@ -219,5 +270,7 @@ def _llama_self(modules, state, query, key, value, attention_mask):
 
 bert_self_attention_eager = _factory(BERT, _bert_problems, _bert_build, {"self": _bert_self}, "eager")
 bert_self_attention_sdpa = _factory(BERT, _bert_problems, _bert_build, {"self": _bert_self}, "sdpa")
-llama_attention_eager = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "eager")
-llama_attention_sdpa = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "sdpa")
+llama_attention_eager = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "eager",
+                                 _llama_decode_step)
+llama_attention_sdpa = _factory(LLAMA, _llama_problems, _llama_build, {"self": _llama_self}, "sdpa",
+                                _llama_decode_step)
