@@ -520,6 +520,8 @@ def _recipes() -> list[Recipe]:
           2, 9, 9, form="self", checks=("decode",), default=F32_64),
         R(S(24, 3, causal="bottom_right", rope={"style": "interleaved", "rotary_dim": 4, "theta": 500.0}),
           1, 7, 7, form="self", checks=("decode",)),
+        R(S(16, 4, num_kv_heads=2, causal="top_left"), 2, 8, 8, form="self", checks=("decode",)),
+        R(S(8, 2, causal="top_left"), 1, 6, 6, checks=("decode",), default=F32_64),
         # Head size 8 and even lengths: shapes that GPU kernels (cuDNN's, FlashAttention's)
         # take, so that a GPU run judges them in the half types, not a fallback. The cases
         # above mostly have head size 4 or odd lengths, which those kernels decline.

@@ -170,3 +170,29 @@ def test_the_benchmark_counts_the_flax_layers_own_variables(name, kv_heads):
                     dtype="float32", causal=False, device="cpu")
     count, source = build(name, config).count_params()
     assert (count, source) == (param_count(config.spec()), "layer"), f"{name} kv_heads={kv_heads}"
+
+
+@pytest.mark.parametrize("name, spec", [
+    ("flax.linen.MultiHeadDotProductAttention", S(8, 2, causal="top_left")),
+    ("flax.nnx.MultiHeadAttention", S(12, 6, num_kv_heads=2, causal="top_left")),
+])
+def test_flax_decodes_in_its_decode_mode_past_its_first_cache_length(name, spec):
+    """fn.decode through the layer's own decode=True cache, one token per call, row for row
+    against the oracle's causal pass; the sequence outgrows the first cache (DECODE_CAPACITY),
+    so the cache must grow without losing or shifting an entry."""
+    import jax.numpy as jnp
+
+    length = builtin_flax.DECODE_CAPACITY + 6
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, length, spec.E))
+    w = init_weights(spec, seed=3)
+    full = oracle.forward(spec, w, x, x, x)
+    fn = FACTORIES[name](spec)
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in w.items()}
+    cache = fn.init_cache(params, 2)
+    bounds = [0, length - 9, length - 8, length - 3, length]
+    for start, stop in zip(bounds, bounds[1:]):
+        chunk = jnp.asarray(x[:, start:stop], jnp.float32)
+        out, cache = fn.decode(params, cache, chunk, chunk, chunk)
+        assert_close(f"tokens [{start}, {stop})", np.asarray(out), full[:, start:stop], TOL["float32"])
+    assert int(cache["cache_index"]) == length

@@ -6,6 +6,10 @@ params through the conversion. Every feature goes through the layer's own option
 mask argument (True = attend), causal masking as flax offers it, ``deterministic`` and
 its dropout. What the layer has no option for raises ``Unsupported``; what it does
 with a fully masked row is left for the suite to see.
+
+For a causal spec both layers also decode (``fn.init_cache``/``fn.decode``, SPEC 5) in
+their own ``decode=True`` mode: one token per call into their fixed-length cache
+(``cached_key``, ``cached_value``, ``cache_index``), which masks the slots not yet written.
 """
 
 from __future__ import annotations
@@ -44,6 +48,38 @@ def _as_4d(mask):
     return mask if mask is None or mask.ndim == 4 else mask[None, None]
 
 
+# flax's cache has the length it is made with; ours starts at this many tokens and doubles
+# whenever a sequence outgrows it.
+DECODE_CAPACITY = 64
+
+
+def _empty_cache(batch: int, heads: int, depth: int) -> dict:
+    zeros = jnp.zeros((batch, DECODE_CAPACITY, heads, depth))
+    return {"cached_key": zeros, "cached_value": zeros, "cache_index": jnp.array(0, jnp.int32)}
+
+
+def _ready(cache: dict, new_tokens: int, dtype) -> dict:
+    """``cache`` in ``dtype`` with room for ``new_tokens`` more."""
+    capacity = cache["cached_key"].shape[1]
+    needed = int(cache["cache_index"]) + new_tokens
+    grow = max(capacity, needed) * 2 - capacity if needed > capacity else 0
+    slots = [(0, 0), (0, grow), (0, 0), (0, 0)]
+    return {"cached_key": jnp.pad(cache["cached_key"].astype(dtype), slots),
+            "cached_value": jnp.pad(cache["cached_value"].astype(dtype), slots),
+            "cache_index": cache["cache_index"]}
+
+
+def _decode_token_by_token(step, cache: dict, query, key, value):
+    """Feed the new tokens one at a time (flax's decode takes one per call):
+    ``step(cache, q, k, v) -> (out, cache)`` for each; the outputs joined."""
+    cache = _ready(cache, query.shape[1], query.dtype)
+    outputs = []
+    for t in range(query.shape[1]):
+        out, cache = step(cache, query[:, t:t + 1], key[:, t:t + 1], value[:, t:t + 1])
+        outputs.append(out)
+    return jnp.concatenate(outputs, axis=1), cache
+
+
 def linen_mha(spec: AttentionSpec):
     name = "flax.linen.MultiHeadDotProductAttention"
     _require_common(spec, name)
@@ -65,6 +101,21 @@ def linen_mha(spec: AttentionSpec):
         return layer.apply({"params": to_linen(spec, params)}, query, key, value, mask=mask,
                            deterministic=not training, rngs=rngs)
 
+    if spec.causal is not None:
+        decoder = layer.clone(decode=True)
+
+        @jax.jit   # one compilation per shape, not one dispatch per op and token
+        def step(linen_params, cache, q, k, v):
+            out, mutated = decoder.apply({"params": linen_params, "cache": cache}, q, k, v,
+                                         deterministic=True, mutable=["cache"])
+            return out, dict(mutated["cache"])
+
+        def decode(params, cache, query, key, value):
+            linen_params = to_linen(spec, params)
+            return _decode_token_by_token(lambda *a: step(linen_params, *a), cache, query, key, value)
+
+        fn.init_cache = lambda params, batch_size: _empty_cache(batch_size, spec.H, spec.d_k)
+        fn.decode = decode
     return fn
 
 
@@ -90,4 +141,19 @@ def nnx_mha(spec: AttentionSpec):
                       is_causal=spec.causal == "top_left", rngs=rngs)
 
     fn.layer = layer  # its variables are what the benchmark counts (shapes, no values)
+    if spec.causal is not None:
+        @jax.jit   # one compilation per shape, not one dispatch per op and token
+        def step(nnx_params, cache, q, k, v):
+            module = nnx.merge(graphdef, nnx_params, other_state)
+            for name, array in cache.items():
+                setattr(module, name, nnx.Cache(array))
+            out = module(q, k, v, decode=True, deterministic=True)
+            return out, {name: getattr(module, name)[...] for name in cache}
+
+        def decode(params, cache, query, key, value):
+            nnx_params = to_nnx(spec, params, param_state)
+            return _decode_token_by_token(lambda *a: step(nnx_params, *a), cache, query, key, value)
+
+        fn.init_cache = lambda params, batch_size: _empty_cache(batch_size, spec.H_kv, spec.d_k)
+        fn.decode = decode
     return fn
