@@ -13,7 +13,12 @@ Observed here (equinox 0.13, haiku 0.0.17), asserted below on the layers themsel
 - a query row with no visible key gets the plain mean of the values: both fill hidden
   logits with a large finite negative (equinox ``finfo(dtype).min``, haiku -1e30), so its
   softmax is uniform; except haiku in float16, where -1e30 overflows to -inf and the row
-  is NaN.
+  is NaN;
+- equinox's ``RotaryPositionalEmbedding`` (composed through ``process_heads``, as its docs
+  show) is the oracle's half-style RoPE for L_q == L_k, but it rotates every sequence from
+  position 0 (queries are not end-aligned when L_q < L_k), and its cos/sin table is cached
+  per (size, dtype) for the whole process, not per theta: a second theta silently gets the
+  first one's table.
 """
 
 from __future__ import annotations
@@ -253,3 +258,49 @@ def test_a_missing_library_is_unsupported_naming_the_extra(name, monkeypatch):
     monkeypatch.setitem(sys.modules, LIBRARIES[name], None)   # import now raises ImportError
     with pytest.raises(Unsupported, match=rf"{LIBRARIES[name]} is not available.*attnsuite\[ecosystem\]"):
         FACTORIES[name](SPECS[2])
+
+
+def _rotary(theta, x):
+    return np.asarray(eqx.nn.RotaryPositionalEmbedding(x.shape[-1], theta=theta)(jnp.asarray(x)))
+
+
+def test_equinox_rope_composed_through_process_heads_is_the_oracles_half_style():
+    spec = S(16, 2, causal="bottom_right", rope={"style": "half"})
+    query = make_inputs(spec, B, L_K, L_K, seed=4)["query"]
+    w = init_weights(spec, seed=4)
+    out = jb.forward(builtin_eqx.multihead_attention(spec), w, query, query, query, dtype="float64",
+                     form="self")
+    assert_close("output", out, oracle.forward(spec, w, query, query, query), TOL["float64"])
+    plain = oracle.forward(spec.replace(rope=None), w, query, query, query)
+    assert not np.allclose(out, plain, atol=1e-3), "RoPE made no difference"
+
+
+def test_equinox_rope_starts_the_queries_at_position_0_not_end_aligned():
+    spec = S(16, 2, rope={"style": "half"})
+    query, key, value = (make_inputs(spec, B, L_Q, L_K, seed=4)[n] for n in ("query", "key", "value"))
+    w = init_weights(spec, seed=4)
+    out = jb.forward(builtin_eqx.multihead_attention(spec), w, query, key, value, dtype="float64")
+    assert not np.allclose(out, oracle.forward(spec, w, query, key, value), atol=1e-3)
+    x = np.random.default_rng(0).standard_normal((L_Q, 8))
+    # Its rotation of L_Q tokens is the oracle's at positions 0 .. L_Q-1.
+    s8 = S(8, 1, rope={"style": "half", "theta": 10000.0})
+    expected = oracle.rotate(s8, x[None, None], oracle.rope_angles(s8, np.arange(L_Q)))[0, 0]
+    np.testing.assert_allclose(_rotary(10000.0, x), expected, atol=1e-12)
+
+
+def test_equinox_rope_table_is_cached_across_thetas():
+    """Found by the gate (a theta=500 case failing after a theta=10000 one in the same
+    worker); confirmed here on the module alone, in a fresh process."""
+    import subprocess
+
+    script = ("import numpy as np, jax, jax.numpy as jnp, equinox as eqx;"
+              "jax.config.update('jax_enable_x64', True);"
+              "x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 8)));"
+              "alone = eqx.nn.RotaryPositionalEmbedding(8, theta=500.0)(x);"
+              "eqx.clear_caches();"
+              "first = eqx.nn.RotaryPositionalEmbedding(8, theta=10000.0)(x);"
+              "second = eqx.nn.RotaryPositionalEmbedding(8, theta=500.0)(x);"
+              "print(bool(jnp.allclose(second, first)), bool(jnp.allclose(second, alone)))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    same_as_other_theta, same_as_own = out.stdout.split()
+    assert same_as_other_theta == "True" and same_as_own == "False", out.stdout

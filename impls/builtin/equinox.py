@@ -6,6 +6,10 @@ user does. It has no causal or window option: its mask (per example ``(L_q, L_k)
 Head sizes, input and output sizes, biases and dropout on the attention weights are its
 own options; the canonical params become its ``Linear`` weights inside ``fn``
 (``attnsuite.impls.convert.equinox``), so gradients reach them through the conversion.
+
+RoPE composes as equinox's documentation shows: ``eqx.nn.RotaryPositionalEmbedding``
+(half style, the whole head) applied to the query and key heads in ``process_heads``.
+It rotates every sequence from position 0, queries included.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ def check_supported(spec: AttentionSpec) -> None:
         (not scale_is_default(spec),
          "no scale option: logits are always scaled by 1/sqrt(qk_size)"),
         (spec.softcap is not None, "no logit softcap"),
+        (spec.rope is not None and (spec.rope.style != "half" or spec.rotary_dim != spec.d_k),
+         "its RotaryPositionalEmbedding is half style over the whole head"),
     ]
     decline(NAME, reasons)
 
@@ -52,6 +58,16 @@ def multihead_attention(spec: AttentionSpec):
 
     from attnsuite.impls.convert.equinox import to_equinox
 
+    process_heads = None
+    if spec.rope is not None:
+        import equinox as eqx
+
+        rope = eqx.nn.RotaryPositionalEmbedding(spec.d_k, theta=spec.rope.theta)
+        rotate = jax.vmap(rope, in_axes=1, out_axes=1)   # over the heads of (L, heads, d_k)
+
+        def process_heads(query_heads, key_heads, value_heads):
+            return rotate(query_heads), rotate(key_heads), value_heads
+
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
         if bias is not None:
             raise Unsupported(f"{NAME}: the layer takes no additive attention bias")
@@ -64,7 +80,7 @@ def multihead_attention(spec: AttentionSpec):
         keys = jax.random.split(jax.random.key(seed), B) if dropout else None
 
         def one(q, k, v, m, rng):
-            return module(q, k, v, m, key=rng, inference=not dropout)
+            return module(q, k, v, m, key=rng, inference=not dropout, process_heads=process_heads)
 
         axes = (0, 0, 0, None if visible is None else 0, None if keys is None else 0)
         return jax.vmap(one, in_axes=axes)(query, key, value, visible, keys)  # (B, L_q, E_o)
