@@ -37,6 +37,7 @@ import numpy as np
 from attnsuite import sanitize
 from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC, Case, CaseData
+from attnsuite.conformance.coverage import DECLINED_BY_FACTORY, DECLINED_BY_FRAMEWORK
 from attnsuite.conformance.decode import judge_decode
 from attnsuite.impls import oracle
 from attnsuite.impls.calling import FORM_INPUTS, FORMS, fold_input_grads, make_fn
@@ -196,11 +197,16 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options,
     the case id (the diagnosis reads a failing implementation's outputs from it)."""
     judge = _Judge(subject, case, options)
     checks = expected_checks(case, ref)
+    framework_dtypes = subject.backend.dtypes(options.device)
+    if case.dtype not in framework_dtypes:
+        framework = subject.backend.__name__.rpartition(".")[2]
+        return judge.all(checks, "unsupported", f"{DECLINED_BY_FRAMEWORK}{framework} runs "
+                         f"{framework_dtypes} on {options.device}, not {case.dtype}")
     try:
         fn = make_fn(subject.factory, case.spec, form=case.form, dtype=case.dtype,
                      device=options.device)
     except Unsupported as exc:
-        return judge.all(checks, "unsupported", f"factory: {exc}")
+        return judge.all(checks, "unsupported", f"{DECLINED_BY_FACTORY}{exc}")
     except Exception as exc:
         return judge.all(checks, "error", f"factory({case.spec}) raised {_raised(exc)}",
                          **_traceback(exc))

@@ -189,8 +189,10 @@ def coverage_rows(run: RunResult) -> tuple[list[str], list[list[str]]]:
     for impl in run.implementations:
         judged = impl.coverage()
         rows.append([impl.name, f"{judged.judged}/{judged.total} ({judged.percent()})",
+                     f"{judged.judged}/{judged.allowed} ({100 * judged.share_of_allowed:.0f}%)",
                      ", ".join(judged.never_judged) or "-"])
-    return ["implementation", "checks judged", "features never judged"], rows
+    return ["implementation", "checks judged", "of those its framework and factory accept",
+            "features never judged"], rows
 
 
 def _failure_sections(run: RunResult) -> list[tuple[str, list[str], list[str], list[str]]]:

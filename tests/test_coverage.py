@@ -25,6 +25,25 @@ def test_share_and_features_never_judged():
     assert judged.describe() == "50% of 4 checks judged; never judged: causal, window"
 
 
+def test_the_share_of_what_the_factory_accepts_counts_only_fn_declining_against_it():
+    results = [_result("pass", "float32"), _result("pass", "float32"),
+               CheckResult("a", "output", "unsupported", "factory: no grouped-query attention", ()),
+               CheckResult("b", "output", "unsupported", "the layer takes a rank-2 mask", ())]
+    judged = coverage(results)
+    assert (judged.judged, judged.allowed, judged.total) == (2, 3, 4)
+    assert judged.share == 0.5 and round(judged.share_of_allowed, 4) == 0.6667
+    assert "(67% of the 3 in cases its framework and factory accept)" in judged.describe()
+    assert judged.to_dict()["share_of_allowed"] == 0.6667
+
+
+def test_a_case_declined_up_front_says_so_in_the_result():
+    run = check([PICKY], profile="quick")
+    declined = [r for r in run.implementations[0].results if r.status == "unsupported"]
+    assert declined and all(r.message.startswith(("factory: ", "framework: numpy runs")) for r in declined)
+    judged = run.implementations[0].coverage()
+    assert judged.allowed == judged.total - len(declined) and judged.share_of_allowed == 1.0
+
+
 def test_a_pass_on_a_small_share_warns_and_min_coverage_fails_it():
     run = check(["numpy.oracle", PICKY], profile="quick")
     oracle_impl, picky = run.implementations
