@@ -14,13 +14,22 @@ and compares every step's output with the rows of the oracle's causal pass over 
 sequence: the new queries sit at the end of the keys seen so far (SPEC 3, 1b), so a cache
 that is dropped, shifted by one, or positions not offset, show. A second sequence decoded
 with a fresh cache must match as well: entries kept from the first show.
+
+Where the framework can differentiate the whole decode (the steps and the cache between
+them, as one call: ``decoded_sequence``), the gradients of every weight and input through
+the cache must match the oracle's vjp of that causal pass too. A decode the framework
+cannot differentiate (NumPy; a cache updated in place past autograd's reach) is judged on
+its outputs, and the result says so.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from attnsuite.conformance import tolerance
 from attnsuite.impls import oracle
 from attnsuite.impls.backends.common import convert_inputs
+from attnsuite.impls.calling import fold_input_grads
 from attnsuite.impls.errors import Unsupported
 
 
@@ -52,6 +61,53 @@ def run_decode(backend, fn, data, dtype: str, device: str):
     return outputs
 
 
+def decoded_sequence(fn, concatenate):
+    """The whole decode of a sequence as one ``fn(params, query, key, value)``: a fresh cache,
+    every step of ``decode_chunks``, the steps' outputs joined along the length
+    (``concatenate``: the framework's). One tensor passed as several stays one per step."""
+    def whole(params, query, key, value, mask=None, bias=None):
+        cache = fn.init_cache(params, query.shape[0])
+        outputs = []
+        for start, stop in decode_chunks(query.shape[1]):
+            steps = {}
+            chunk = [steps.setdefault(id(x), x[:, start:stop]) for x in (query, key, value)]
+            out, cache = fn.decode(params, cache, *chunk)
+            outputs.append(out)
+        return concatenate(outputs, 1)
+    return whole
+
+
+def _judge_gradients(judge, fn, data) -> str | None:
+    """Gradients through the cache against the oracle's vjp of the causal pass. Adds the
+    failing ``decode`` result and returns None when one disagrees; else the passing
+    result's note: that they match, or why they were not taken."""
+    case, backend = judge.case, judge.subject.backend
+    args = (case.spec, data.weights, data.query, data.key, data.value)
+    try:
+        _, grads = backend.forward_and_vjp(decoded_sequence(fn, backend.concatenate), *args[1:],
+                                           data.d_out, dtype=case.dtype, device=judge.options.device,
+                                           form=case.form)
+    except Exception as exc:   # Unsupported, or a cache that autograd cannot see through
+        return f"; gradients through the cache not taken ({type(exc).__name__}: {str(exc).strip()[:200]})"
+    expected = fold_input_grads(oracle.vjp(*args, data.d_out), case.form)
+    baseline = (fold_input_grads(oracle.vjp(*args, data.d_out, precision=case.dtype), case.form)
+                if case.dtype in tolerance.BASELINE_RULE else None)
+    scale = max(float(np.abs(g).max(initial=0.0)) for g in expected.values())
+    for name, want in expected.items():
+        if name not in grads:
+            judge.add("decode", "fail", f"no gradient for {name!r} through the cache (got {sorted(grads)})")
+            return None
+        comparison = tolerance.compare(np.asarray(grads[name], np.float64), want, case.dtype,
+                                       baseline=None if baseline is None else baseline[name],
+                                       gradient=True, scale_floor=scale, absolute=name == "bk")
+        if not comparison.ok:
+            judge.add("decode", "fail", f"gradient {name!r} through the cache: "
+                      f"{comparison.describe()}; do the steps keep the graph to the cached keys "
+                      f"and values?", comparison.ratio, **comparison.worst())
+            return None
+    return ", and so do the gradients through the cache"
+
+
 def judge_decode(judge, fn, ref) -> None:
     """Add the ``decode`` result of one case to ``judge`` (a checks._Judge)."""
     if not declares_decoding(fn):
@@ -75,6 +131,9 @@ def judge_decode(judge, fn, ref) -> None:
                           f"{case.L_q}: {comparison.describe()}; is the cache kept, aligned and "
                           f"reset?", comparison.ratio, **comparison.worst(), tokens=[start, stop])
                 return
+    gradients = _judge_gradients(judge, fn, ref.data)
+    if gradients is None:
+        return
     steps = len(decode_chunks(case.L_q))
     judge.add("decode", "pass", f"2 sequences of {case.L_q} tokens in {steps} steps each, every "
-              f"step matches the oracle's causal pass")
+              f"step matches the oracle's causal pass{gradients}")

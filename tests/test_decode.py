@@ -47,3 +47,21 @@ def test_a_wrong_cache_fails_the_decode_check(name, decoded):
         assert any(r.status == "pass" and "window" not in r.tags for r in decoded[name].results)
     if name == "oldest_entry_dropped":
         assert all("[4, 5)" in r.message or "[3, 4)" in r.message for r in failing), failing[0].message
+
+
+def test_gradients_through_the_cache_are_judged_where_the_framework_differentiates():
+    """A cache that detaches what it keeps gives every step's output right: only the
+    gradients through it fail, for that reason. NumPy's decoder is judged on its outputs,
+    and the result says why its gradients were not taken."""
+    pytest.importorskip("torch", reason="torch is not installed: pip install 'attnsuite[torch]'")
+    torch_plugin = "torch:tests.plugins.torch_decoders:"
+    run = check([torch_plugin + "correct", torch_plugin + "detached_cache", P + "correct"],
+                profile="default", case_filter="*causal_tl*decode*")
+    correct, detached, numpy_correct = run.implementations
+    assert correct.verdict == "pass", [r.message for r in correct.failures()]
+    assert all("gradients through the cache" in r.message and "not taken" not in r.message
+               for r in correct.results if r.status == "pass")
+    failing = detached.failures()
+    assert detached.verdict == "fail" and failing
+    assert all("through the cache" in r.message and "gradient" in r.message for r in failing)
+    assert all("not taken" in r.message for r in numpy_correct.results if r.status == "pass")

@@ -195,4 +195,4 @@ def test_flax_decodes_in_its_decode_mode_past_its_first_cache_length(name, spec)
         chunk = jnp.asarray(x[:, start:stop], jnp.float32)
         out, cache = fn.decode(params, cache, chunk, chunk, chunk)
         assert_close(f"tokens [{start}, {stop})", np.asarray(out), full[:, start:stop], TOL["float32"])
-    assert int(cache["cache_index"]) == length
+    assert cache["tokens"] == int(cache["layer"]["cache_index"]) == length

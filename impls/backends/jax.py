@@ -70,6 +70,8 @@ def tensor(array, dtype: str, device: str = "cpu") -> jax.Array:
     return jax.device_put(array, _device(device))
 
 
+concatenate = jnp.concatenate   # joins the steps of a decode (conformance.decode)
+
 def to_numpy(value) -> np.ndarray:
     value = np.asarray(jax.device_get(value))
     if value.dtype == bool:

@@ -40,6 +40,8 @@ def tensor(array, dtype: str, device: str = "cpu"):
     return array.astype(_dtype(dtype))
 
 
+concatenate = np.concatenate   # joins the steps of a decode (conformance.decode)
+
 def to_numpy(value) -> np.ndarray:
     value = np.asarray(value)
     return value if value.dtype == bool else value.astype(np.float64)

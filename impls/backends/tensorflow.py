@@ -60,6 +60,8 @@ def tensor(array, dtype: str, device: str = "cpu") -> tf.Tensor:
         return tf.constant(array)
 
 
+concatenate = tf.concat   # joins the steps of a decode (conformance.decode)
+
 def to_numpy(value) -> np.ndarray:
     value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
     return value if value.dtype == bool else value.astype(np.float64)

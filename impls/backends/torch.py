@@ -50,6 +50,8 @@ def tensor(array, dtype: str, device: str = "cpu") -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float64)).to(device=_device(device), dtype=_dtype(dtype))
 
 
+concatenate = torch.cat   # joins the steps of a decode (conformance.decode)
+
 def to_numpy(value: torch.Tensor) -> np.ndarray:
     value = value.detach().cpu()
     if value.dtype == torch.bool:

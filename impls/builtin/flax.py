@@ -54,30 +54,33 @@ DECODE_CAPACITY = 64
 
 
 def _empty_cache(batch: int, heads: int, depth: int) -> dict:
+    """The layer's cache variables, and how many tokens they hold as a Python int: the
+    growth below then needs no concrete array, so a whole decode can be traced."""
     zeros = jnp.zeros((batch, DECODE_CAPACITY, heads, depth))
-    return {"cached_key": zeros, "cached_value": zeros, "cache_index": jnp.array(0, jnp.int32)}
+    layer = {"cached_key": zeros, "cached_value": zeros, "cache_index": jnp.array(0, jnp.int32)}
+    return {"layer": layer, "tokens": 0}
 
 
-def _ready(cache: dict, new_tokens: int, dtype) -> dict:
-    """``cache`` in ``dtype`` with room for ``new_tokens`` more."""
-    capacity = cache["cached_key"].shape[1]
-    needed = int(cache["cache_index"]) + new_tokens
-    grow = max(capacity, needed) * 2 - capacity if needed > capacity else 0
+def _ready(layer: dict, tokens: int, dtype) -> dict:
+    """The layer's cache variables in ``dtype`` with room for ``tokens`` in all."""
+    capacity = layer["cached_key"].shape[1]
+    grow = max(capacity, tokens) * 2 - capacity if tokens > capacity else 0
     slots = [(0, 0), (0, grow), (0, 0), (0, 0)]
-    return {"cached_key": jnp.pad(cache["cached_key"].astype(dtype), slots),
-            "cached_value": jnp.pad(cache["cached_value"].astype(dtype), slots),
-            "cache_index": cache["cache_index"]}
+    return {"cached_key": jnp.pad(layer["cached_key"].astype(dtype), slots),
+            "cached_value": jnp.pad(layer["cached_value"].astype(dtype), slots),
+            "cache_index": layer["cache_index"]}
 
 
 def _decode_token_by_token(step, cache: dict, query, key, value):
     """Feed the new tokens one at a time (flax's decode takes one per call):
-    ``step(cache, q, k, v) -> (out, cache)`` for each; the outputs joined."""
-    cache = _ready(cache, query.shape[1], query.dtype)
+    ``step(layer_cache, q, k, v) -> (out, layer_cache)`` for each; the outputs joined."""
+    tokens = cache["tokens"] + query.shape[1]
+    layer = _ready(cache["layer"], tokens, query.dtype)
     outputs = []
     for t in range(query.shape[1]):
-        out, cache = step(cache, query[:, t:t + 1], key[:, t:t + 1], value[:, t:t + 1])
+        out, layer = step(layer, query[:, t:t + 1], key[:, t:t + 1], value[:, t:t + 1])
         outputs.append(out)
-    return jnp.concatenate(outputs, axis=1), cache
+    return jnp.concatenate(outputs, axis=1), {"layer": layer, "tokens": tokens}
 
 
 def linen_mha(spec: AttentionSpec):
