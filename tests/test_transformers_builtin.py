@@ -207,9 +207,9 @@ def test_its_own_rotary_embedding_matches_the_oracles_rope(name, spec):
 @pytest.mark.parametrize("spec", [S(16, 4, num_kv_heads=2, causal="bottom_right", rope={"style": "half"}),
                                   S(16, 2, causal="top_left", window=(2, 0))], ids=str)
 def test_decoding_with_its_dynamic_cache_matches_the_full_causal_pass(name, spec):
-    """fn.decode through Llama's real DynamicCache, a prefill then single tokens, row for
-    row against the oracle's causal pass over the whole sequence (float32: its rotary
-    embedding computes cos and sin in float32)."""
+    """fn.decode through Llama's real cache classes (DynamicCache under eager, StaticCache
+    under sdpa), a prefill then single tokens, row for row against the oracle's causal pass
+    over the whole sequence (float32: its rotary embedding computes cos and sin in float32)."""
     import attnsuite.impls.backends.torch as backend
 
     rng = np.random.default_rng(7)

@@ -3,8 +3,9 @@
 
 - ``BertSelfAttention`` with ``BertSelfOutput``'s ``dense`` (no LayerNorm or residual).
 - ``LlamaAttention`` (grouped heads), with its own rotary embedding for a half-style RoPE
-  (the identity, cos = 1 and sin = 0, for a spec without RoPE); it decodes with its own
-  ``DynamicCache`` (``fn.init_cache``/``fn.decode``, SPEC 5).
+  (the identity, cos = 1 and sin = 0, for a spec without RoPE); it decodes
+  (``fn.init_cache``/``fn.decode``, SPEC 5) with its own cache classes: ``DynamicCache``
+  under eager, ``StaticCache`` under sdpa.
 
 Both take ONE input, ``hidden_states``: they declare the ``self`` call form
 (``attnsuite.impls.calling``), and the gate moves every case of a profile into it; each form
@@ -101,31 +102,55 @@ def _factory(name: str, problems: Callable, build: Callable, forms: dict[str, Ca
 
         fn.layer = torch.nn.ModuleDict(modules)  # what the benchmark counts: every module used
         if decode_step is not None and spec.causal is not None:
-            _declare_decoding(fn, label, spec, implementation, modules, is_causal, decode_step)
+            _declare_decoding(fn, label, spec, implementation, modules, decode_step)
         return fn
 
     return call_forms(*forms)(factory)
 
 
-def _declare_decoding(fn, label, spec, implementation, modules, is_causal, decode_step) -> None:
-    """``fn.init_cache``/``fn.decode`` on the layer's own ``DynamicCache``: the new tokens
-    are the last of the keys seen so far, so the step's mask is bottom-right causal."""
-    from transformers import DynamicCache
+# Each of HF's two cache classes is judged, one under each attention implementation.
+CACHE_CLASSES = {"eager": "DynamicCache", "sdpa": "StaticCache"}
+STATIC_CACHE_TOKENS = 256   # a StaticCache is allocated once, at this length
+
+
+def _step_mask(spec, implementation, new: int, past: int, slots: int, like):
+    """The mask of a decoding step: the new tokens are the last of the ``past + new`` keys
+    seen so far (bottom-right causal, the spec's window), and the cache's ``slots`` beyond
+    them (a StaticCache's unwritten ones) hidden; boolean under sdpa, additive under eager."""
+    import torch
+
+    visible = torch.zeros((1, 1, new, slots), dtype=torch.bool, device=like.device)
+    rule = visible_mask(spec.replace(causal="bottom_right"), new, past + new, None, rank=4, xp=torch)
+    visible[..., :past + new] = True if rule is None else rule
+    if implementation == "sdpa":
+        return visible
+    hidden = torch.finfo(like.dtype).min
+    return torch.zeros(visible.shape, dtype=like.dtype, device=like.device).masked_fill(~visible, hidden)
+
+
+def _declare_decoding(fn, label, spec, implementation, modules, decode_step) -> None:
+    """``fn.init_cache``/``fn.decode`` on one of the layer's own cache classes
+    (``CACHE_CLASSES``), with the mask an HF model builds for each step."""
+    import transformers
 
     from attnsuite.impls.convert import transformers as convert
 
-    decoding = spec.replace(causal="bottom_right")
+    cache_class = CACHE_CLASSES[implementation]
 
     def init_cache(params, batch_size):
-        return DynamicCache()
+        if cache_class == "StaticCache":
+            return transformers.StaticCache(config=modules["attn"].config,
+                                            max_cache_len=STATIC_CACHE_TOKENS)
+        return transformers.DynamicCache()
 
     def decode(params, cache, query, key, value):
         if call_form(query, key, value) != "self":
             raise Unsupported(f"{label}: decodes self-attention only")
-        past = cache.get_seq_length()
-        new = query.shape[1]
-        attention_mask = _attention_mask(decoding, implementation, new, past + new, None, None,
-                                         query, is_causal)
+        past, new = int(cache.get_seq_length()), query.shape[1]
+        slots = STATIC_CACHE_TOKENS if cache_class == "StaticCache" else past + new
+        if past + new > slots:
+            raise Unsupported(f"{label}: its StaticCache holds {slots} tokens")
+        attention_mask = _step_mask(spec, implementation, new, past, slots, query)
         for module in modules.values():
             module.eval()
         state = convert.to_state_dict(spec, params, convert.LLAMA)
@@ -258,7 +283,7 @@ def _llama_decode_step(modules, state, cache, hidden_states, attention_mask):
     with their rotated keys and values: positions continue from the cache's length."""
     from torch.func import functional_call
 
-    positions = _llama_position_embeddings(modules, hidden_states, cache.get_seq_length())
+    positions = _llama_position_embeddings(modules, hidden_states, int(cache.get_seq_length()))
     out, _ = functional_call(modules["attn"], state, (hidden_states,),
                              {"position_embeddings": positions, "attention_mask": attention_mask,
                               "cache": cache})
