@@ -525,8 +525,8 @@ def _recipes() -> list[Recipe]:
         # computed in float16; then decoding it through a sliding window.
         R(S(16, 4, num_kv_heads=2, head_dim=8, causal="bottom_right",
             rope={"style": "interleaved", "rotary_dim": 6}), 1, 5, 300, profile=q, default=F32_64),
-        R(S(16, 2, causal="bottom_right", window=(4, 0), rope={"style": "half", "rotary_dim": 6}),
-          1, 12, 12, form="self", checks=("decode",), profile=q),
+        R(S(16, 4, num_kv_heads=2, head_dim=8, causal="bottom_right", window=(4, 0),
+            rope={"style": "half", "rotary_dim": 6}), 1, 12, 12, form="self", checks=("decode",), profile=q),
         # Head size 8 and even lengths: shapes that GPU kernels (cuDNN's, FlashAttention's)
         # take, so that a GPU run judges them in the half types, not a fallback. The cases
         # above mostly have head size 4 or odd lengths, which those kernels decline.
