@@ -310,7 +310,8 @@ def _observe_decode(subject, case, ref, device, strict) -> _Observed:
     except Exception:
         return _Observed(None, ref)
     decoded = list(zip([ref, second], outputs))
-    first_right = _exact(outputs[0], ref.out, ref, _gate_rows(ref, strict), baseline=_baseline(ref, ref.out)).ok
+    first_right = _exact(outputs[0], ref.out, ref, _gate_rows(ref, strict),
+                         baseline=_baseline(ref, ref.out)).ok
     return _Observed("decode", ref, outputs[0], fresh_call_matches=first_right, decoded=decoded)
 
 

@@ -451,7 +451,7 @@ def output_upcast_to_float64(spec):
 # --- Rotary positions and the decoding cache ------------------------------------------------
 
 def rope_style_swapped(spec):
-    """RoPE pairs taken in the other layout: interleaved (2m, 2m+1) for half, half (m, m+r/2) for interleaved."""
+    """RoPE pairs in the other layout: (2m, 2m+1) where the spec says half, (m, m+r/2) for interleaved."""
 
     class Layer(Attention):
         def rope_pairs(self):
