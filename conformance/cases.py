@@ -522,6 +522,13 @@ def _recipes() -> list[Recipe]:
           1, 7, 7, form="self", checks=("decode",)),
         R(S(16, 4, num_kv_heads=2, causal="top_left"), 2, 8, 8, form="self", checks=("decode",)),
         R(S(8, 2, causal="top_left"), 1, 6, 6, checks=("decode",), default=F32_64),
+        # RoPE in the quick profile (impls/broken: the RoPE and cache bugs): partial,
+        # interleaved, the queries end-aligned, keys far enough (300) to show angles
+        # computed in float16; then decoding it through a sliding window.
+        R(S(16, 4, num_kv_heads=2, head_dim=8, causal="bottom_right",
+            rope={"style": "interleaved", "rotary_dim": 6}), 1, 5, 300, profile=q, default=F32_64),
+        R(S(16, 4, num_kv_heads=2, head_dim=8, causal="bottom_right", window=(4, 0),
+            rope={"style": "half", "rotary_dim": 6}), 1, 12, 12, form="self", checks=("decode",), profile=q),
         # Head size 8 and even lengths: shapes that GPU kernels (cuDNN's, FlashAttention's)
         # take, so that a GPU run judges them in the half types, not a fallback. The cases
         # above mostly have head size 4 or odd lengths, which those kernels decline.

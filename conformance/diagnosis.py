@@ -17,8 +17,11 @@ the verdict then says so, and never names a guess.
 
 What a case's failure is, decides what is matched: a failing output is matched by the
 "output" and "precision" hypotheses; failing gradients under a passing output by the
-"gradient" ones (and the verdict names the gradients that disagree); "evidence"
-hypotheses read the checks. Cases that raised are not diagnosed: their message says why.
+"gradient" ones (and the verdict names the gradients that disagree); a failing decode
+check by the "decode" ones and by the "output" and "precision" ones, held to every step's
+output of both sequences the check decodes, stitched (the decoding is run again);
+"evidence" hypotheses read the checks. Cases that raised are not diagnosed: their message
+says why.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from attnsuite.conformance import tolerance
 from attnsuite.conformance.cases import NUMERIC
 from attnsuite.conformance.checks import FAILING, reference
+from attnsuite.conformance.decode import run_decode
 from attnsuite.conformance.hypotheses import HYPOTHESES, Hypothesis
 from attnsuite.impls.calling import make_fn
 from attnsuite.impls import oracle
@@ -42,7 +46,7 @@ SHOWN = 3                # hypotheses shown after the top one's line
 # A precision hypothesis explains an error between 1/MAGNITUDE_BELOW and MAGNITUDE_ABOVE
 # times the error of the whole computation rounded to that precision.
 MAGNITUDE_BELOW, MAGNITUDE_ABOVE = 30.0, 3.0
-_KIND_RANK = {"output": 0, "gradient": 0, "evidence": 1, "precision": 2}
+_KIND_RANK = {"output": 0, "gradient": 0, "decode": 0, "evidence": 1, "precision": 2}
 NONE_EXPLAINS = "no hypothesis explains this"
 FAILED = "diagnosis_failed"     # the id of the one entry a diagnosis that raised sends back
 
@@ -52,7 +56,7 @@ FAILED = "diagnosis_failed"     # the id of the one entry a diagnosis that raise
 
 def _signal(results) -> str | None:
     """What failed in one case: "output", "gradient", "stateless" (whose calls are plain
-    forward calls), "behaviour", or None (only errors)."""
+    forward calls), "decode", "behaviour", or None (only errors)."""
     failing = {r.check for r in results if r.status == "fail"}
     if "output" in failing:
         return "output"
@@ -60,6 +64,8 @@ def _signal(results) -> str | None:
         return "gradient"
     if "stateless" in failing:
         return "stateless"
+    if "decode" in failing:
+        return "decode"
     return "behaviour" if failing else None
 
 
@@ -89,6 +95,14 @@ def _rerun(subject, case, ref, signal: str, device: str):
         out, grads = subject.backend.forward_and_vjp(*args, ref.d_out, **kwargs)
         return np.asarray(out, dtype=np.float64), grads
     return np.asarray(subject.backend.forward(*args, **kwargs), dtype=np.float64), None
+
+
+def _redecode(subject, case, refs, device: str) -> list:
+    """Each sequence's decoded steps, stitched into (B, L, E_o), as the decode check feeds
+    them: one fresh fn, the sequences in turn."""
+    fn = make_fn(subject.factory, case.spec, form=case.form, dtype=case.dtype, device=device)
+    return [np.concatenate([out for _, out in run_decode(subject.backend, fn, ref.data, case.dtype, device)],
+                           axis=1) for ref in refs]
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,6 +165,25 @@ def _match_output(h: Hypothesis, ref, actual, strict: bool, float32_err: float |
         note = "; ".join(filter(None, [prediction.note, "float64 only up to float32 rounding"]))
         return True, 1.0 + off / (MAGNITUDE_ABOVE * float32_err), off, note
     return False, c.ratio, err, prediction.note
+
+
+def _match_decode(h: Hypothesis, decoded, strict: bool, float32_errs):
+    """_match_output over the sequences of a decode check ((ref, stitched steps) each): the
+    mistake must show in one, and the decoder match it in every one (in a sequence where it
+    does not show, match the oracle)."""
+    found = []
+    for (ref, actual), float32_err in zip(decoded, float32_errs):
+        held = _match_output(h, ref, actual, strict, float32_err)
+        if held is None:
+            if not _exact(actual, ref.out, ref, _gate_rows(ref, strict), baseline=_baseline(ref, ref.out)).ok:
+                return False, math.inf, math.inf, ""
+            continue
+        found.append(held)
+    if not found:
+        return None
+    notes = "; ".join(dict.fromkeys(note for *_, note in found if note))
+    return (all(ok for ok, *_ in found), max(ratio for _, ratio, _, _ in found),
+            max(err for _, _, err, _ in found), notes)
 
 
 def _magnitude(actual, rounded, ref, rows):
@@ -242,6 +275,8 @@ class _Observed:
     out: np.ndarray | None = None
     grads: dict | None = None
     fresh_call_matches: bool | None = None   # a stateless case: a fresh fn's first call is right
+                                             # (a decode case: the first sequence decodes right)
+    decoded: list | None = None       # a decode case: (Reference, stitched steps) per sequence
 
 
 def _observe(subject, case, case_results, kept: dict, *, device, strict, weights) -> _Observed:
@@ -251,6 +286,8 @@ def _observe(subject, case, case_results, kept: dict, *, device, strict, weights
     case_weights = weights[1] if weights is not None and case.spec == weights[0] else None
     # A behaviour case's inputs are its numeric twin's (materialize ignores the checks).
     ref = reference(case.replace(checks=NUMERIC), case_weights, strict)
+    if signal == "decode":
+        return _observe_decode(subject, case, ref, device, strict)
     try:
         out, grads = kept[case.id] if case.id in kept else _rerun(subject, case, ref, signal, device)
     except Exception:   # Unsupported too: nothing to match
@@ -265,12 +302,28 @@ def _observe(subject, case, case_results, kept: dict, *, device, strict, weights
     return seen
 
 
+def _observe_decode(subject, case, ref, device, strict) -> _Observed:
+    """Both sequences the decode check feeds (conformance/decode.py), decoded again."""
+    second = reference(case.replace(seed=(case.seed + 1) % 2 ** 32, checks=NUMERIC), None, strict)
+    try:
+        outputs = _redecode(subject, case, [ref, second], device)
+    except Exception:
+        return _Observed(None, ref)
+    decoded = list(zip([ref, second], outputs))
+    first_right = _exact(outputs[0], ref.out, ref, _gate_rows(ref, strict),
+                         baseline=_baseline(ref, ref.out)).ok
+    return _Observed("decode", ref, outputs[0], fresh_call_matches=first_right, decoded=decoded)
+
+
 def _weigh(tallies, case, case_results, seen: _Observed, strict: bool) -> None:
     """Hold every hypothesis to one observed case, adding what each explains to its tally."""
     failing = [r.check for r in case_results if r.status == "fail"]
     for t in tallies:
         if t.h.kind == "evidence":
             t.add(case.id, t.h.predict(case_results, seen.fresh_call_matches), 1.0, 0.0, "", failing)
+    if seen.signal == "decode":
+        _weigh_decode(tallies, case, seen, strict)
+        return
     if seen.signal not in ("output", "gradient"):
         return
     float32_err = _float32_err(seen.ref, strict) if seen.signal == "output" and \
@@ -285,6 +338,16 @@ def _weigh(tallies, case, case_results, seen: _Observed, strict: bool) -> None:
                 if seen.signal == "output" else _match_grads(t.h, seen.ref, seen.grads)
         if found is not None:
             t.add(case.id, *found, matched)
+
+
+def _weigh_decode(tallies, case, seen: _Observed, strict: bool) -> None:
+    float32_errs = [_float32_err(ref, strict) if case.dtype == "float64" else None
+                    for ref, _ in seen.decoded]
+    for t in (t for t in tallies if t.h.kind in ("output", "precision", "decode")):
+        with np.errstate(all="ignore"):
+            found = _match_decode(t.h, seen.decoded, strict, float32_errs)
+        if found is not None:
+            t.add(case.id, *found, ["decode"])
 
 
 def diagnose(subject, cases, results, *, device: str = "cpu", strict: bool = False,
@@ -324,6 +387,8 @@ def _evidence(d: dict) -> str:
         return f"the checks show it on {cases} ({', '.join(d['checks'])})"
     near = f"max |err| {d['max_err']:.2g}" if d["max_err"] is not None else "non-finite"
     note = f"; {d['note']}" if d["note"] else ""
+    if d["checks"] == ["decode"]:
+        return f"every decoded step matches the oracle with that mistake on {cases} ({near}{note})"
     if "output" in d["checks"] or not checks:
         return f"the output matches the oracle with that mistake on {cases} ({near}{note})"
     return (f"the gradients match the oracle with that mistake on {cases} ({near}{note}); "

@@ -11,9 +11,15 @@ implementation's results to it:
 - "precision": ``predict`` gives the whole computation rounded to a lower precision;
   rounding cannot be matched element by element, so it explains an output whose error
   has the size of that rounding (between 1/30 and 3 times it).
+- "decode": for a failing ``decode`` check (conformance/decode.py); ``predict`` gives
+  what a decoder with that mistake outputs at each step of the check's schedule,
+  stitched into one (B, L, E_o) array, and is matched like an "output" one. (A mistake
+  of the layer itself decodes as the full pass with that mistake: the "output"
+  hypotheses are held to the stitched steps too.)
 - "evidence": ``predict(results, fresh_call_matches)`` reads the case's own check
   results (NaN gradients from rows with no visible key; a failed stateless check while
-  a fresh layer's first call on the case matches the oracle).
+  a fresh layer's first call on the case matches the oracle; a failed decode check
+  while the first sequence decodes right).
 
 ``predict`` returns None where the mistake cannot show in the case (a mask hypothesis
 on a case without a mask). Variants are ``variant.Steps`` with one step changed, or
@@ -21,7 +27,7 @@ on a case without a mask). Variants are ``variant.Steps`` with one step changed,
 
 Left out: dropout at inference (random weights cannot be matched element by element;
 only a statistical test could tell, and the dropout check already judges the training
-path), and RoPE and KV-cache mistakes (the spec has neither yet).
+path).
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ from typing import Callable
 
 import numpy as np
 
+from attnsuite.conformance.decode import decode_chunks
 from attnsuite.conformance.variant import Steps
 from attnsuite.impls.calling import fold_input_grads
 from attnsuite.impls import oracle
 
-KINDS = ("output", "gradient", "precision", "evidence")
+KINDS = ("output", "gradient", "precision", "decode", "evidence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,6 +433,164 @@ def _(ref, actual):
     return dataclasses.replace(prediction, rows=np.ones_like(prediction.rows))
 
 
+# --- Rotary positions (SPEC 2) -------------------------------------------------------
+
+def _rope(ref, **changes):
+    """The case's spec with its RoPE changed (None where the spec has no RoPE)."""
+    s = _spec(ref)
+    return None if s.rope is None else s.replace(rope=dataclasses.replace(s.rope, **changes))
+
+
+@_hypothesis("rope_style_swapped", "RoPE rotates the wrong feature pairs: interleaved (2m, 2m+1) "
+             "where the spec asks half (m, m + r/2), or the reverse (a checkpoint's wq/wk not "
+             "permuted)")
+def _(ref, actual):
+    spec = _rope(ref)
+    if spec is None or spec.rotary_dim == 2:     # one pair: both layouts rotate it alike
+        return None
+    return _run(ref, spec=_rope(ref, style="half" if spec.rope.style == "interleaved" else "interleaved"))
+
+
+@_hypothesis("rope_not_applied", "the spec's rotary positions are not applied to the queries "
+             "and keys")
+def _(ref, actual):
+    s = _spec(ref)
+    return None if s.rope is None else _run(ref, spec=s.replace(rope=None))
+
+
+@_hypothesis("rope_partial_ignored", "RoPE rotates the whole head where the spec rotates only its "
+             "first rotary_dim features")
+def _(ref, actual):
+    s = _spec(ref)
+    return None if s.rope is None or s.rotary_dim == s.d_k else _run(ref, spec=_rope(ref, rotary_dim=None))
+
+
+def _positions_shifted(q_shift: int, k_shift: int) -> type:
+    def positions(self, L_q, L_k):
+        q_positions, k_positions = Steps.positions(self, L_q, L_k)
+        return q_positions + q_shift, k_positions + k_shift
+    return _variant(positions=positions)
+
+
+def _nearest(actual, predictions: dict):
+    """The prediction nearest ``actual`` (the first one where that cannot be told)."""
+    def err(p):
+        a = np.asarray(actual, dtype=np.float64) if actual is not None else None
+        if a is None or a.shape != p.out.shape or not np.isfinite(a).all():
+            return 0.0
+        return float(np.max(np.abs(p.out - a), initial=0.0))
+    note, best = min(predictions.items(), key=lambda item: err(item[1]))
+    return dataclasses.replace(best, note=note)
+
+
+@_hypothesis("rope_positions_off_by_one", "RoPE positions are off by one between queries and keys "
+             "(one of them counted from 1): every relative position is shifted by one")
+def _(ref, actual):
+    if _spec(ref).rope is None:
+        return None
+    # Only the relative position reaches the scores: shifting both would change nothing.
+    return _nearest(actual, {"queries one position ahead": _run(ref, _positions_shifted(1, 0)),
+                             "keys one position ahead": _run(ref, _positions_shifted(0, 1))})
+
+
+@_hypothesis("rope_queries_not_end_aligned", "RoPE puts the queries at positions 0..L_q−1 where "
+             "they are the last L_q of the L_k tokens (positions L_k−L_q..L_k−1)")
+def _(ref, actual):
+    L_q, L_k = _lengths(ref)
+    if _spec(ref).rope is None or L_q == L_k:
+        return None
+    return _run(ref, _positions_shifted(-(L_k - L_q), 0))
+
+
+def _angles_in(precision: str):
+    r = oracle.rounding(precision)
+
+    def angles(self, positions):
+        s = self.spec
+        frequencies = r(s.rope.theta ** (-2.0 * np.arange(s.rotary_dim // 2) / s.rotary_dim))
+        return r(r(np.asarray(positions, dtype=np.float64))[:, None] * frequencies[None, :])
+    steps = _variant(angles=angles)
+
+    def predict(ref, actual):
+        return None if _spec(ref).rope is None else _run(ref, steps)
+    return predict
+
+
+for _precision in ("float16", "bfloat16"):
+    _hypothesis(f"rope_angles_{_precision}", f"the RoPE frequencies and angles (position times "
+                f"frequency) are computed in {_precision}: far positions get wrong angles")(
+        _angles_in(_precision))
+
+
+# --- Decoding with a cache (the decode check) --------------------------------------------
+
+def _decodable(ref) -> bool:
+    d = ref.data
+    return (d.case.spec.causal is not None and d.query.shape[1] == d.key.shape[1]
+            and d.mask is None and d.bias is None)
+
+
+def _decoded_step(ref, start: int, stop: int, first: int = 0, steps: type = Steps, spec=None,
+                  query_offset: bool = True) -> np.ndarray:
+    """A decoder's output for the tokens [start, stop): its queries attend to the cached keys
+    [first, stop), rotated at their positions start.. (or at 0..: ``query_offset`` False),
+    with ``steps``'s computation."""
+    d = ref.data
+    decoding = (spec or d.case.spec).replace(causal="bottom_right")   # new queries come last
+    at = (np.arange(start, stop) if query_offset else np.arange(stop - start), np.arange(first, stop))
+    layer = type("Decoding", (steps,), {"positions": lambda self, L_q, L_k: at})
+    return layer(decoding).forward(d.weights, d.query[:, start:stop], d.key[:, first:stop],
+                                   d.value[:, first:stop]).out
+
+
+def _decoded(ref, first_key=lambda start, stop: 0, **step) -> Prediction:
+    """The steps of the decode check's schedule (decode.decode_chunks), stitched into
+    (B, L, E_o); step [start, stop) keeps the keys from first_key(start, stop) on."""
+    return Prediction(np.concatenate([_decoded_step(ref, start, stop, first_key(start, stop), **step)
+                                      for start, stop in decode_chunks(ref.data.query.shape[1])], axis=1))
+
+
+@_hypothesis("decode_positions_not_offset", "while decoding, the new queries are rotated at "
+             "positions 0..n−1 instead of after the cached tokens", "decode")
+def _(ref, actual):
+    return _decoded(ref, query_offset=False) if _decodable(ref) and _spec(ref).rope else None
+
+
+@_hypothesis("decode_cache_dropped", "the decoding cache is not kept: each step attends to its "
+             "own tokens only", "decode")
+def _(ref, actual):
+    return _decoded(ref, first_key=lambda start, stop: start) if _decodable(ref) else None
+
+
+@_hypothesis("decode_cache_drops_oldest", "the decoding cache loses its oldest entries (a fixed "
+             "number of slots, or an entry evicted per step)", "decode")
+def _(ref, actual):
+    """Fitted: each step's first kept key, the one whose output is nearest the decoder's
+    (without an output: a cache one slot too small)."""
+    if not _decodable(ref):
+        return None
+    L = ref.data.query.shape[1]
+    chunks = decode_chunks(L)
+    actual = None if actual is None else np.asarray(actual, dtype=np.float64)
+    if actual is None or actual.shape != ref.out.shape or not np.isfinite(actual).all():
+        firsts = [max(0, stop - (L - 1)) for _, stop in chunks]
+    else:
+        firsts = [min(range(start + 1), key=lambda first: float(np.max(np.abs(
+            _decoded_step(ref, start, stop, first) - actual[:, start:stop]))))
+            for start, stop in chunks]
+    kept = dict(zip((start for start, _ in chunks), firsts))
+    prediction = _decoded(ref, first_key=lambda start, stop: kept[start])
+    return dataclasses.replace(prediction, note="first key kept at each step fitted: "
+                               + ", ".join(map(str, firsts)))
+
+
+@_hypothesis("decode_window_ignored", "the sliding window is not applied while decoding (the "
+             "full pass applies it)", "decode")
+def _(ref, actual):
+    s = _spec(ref)
+    return _decoded(ref, spec=s.replace(window=None)) if _decodable(ref) and s.window else None
+
+
 # --- Precision -------------------------------------------------------------------------
 
 def _rounded(precision: str, dtypes: tuple[str, ...]):
@@ -491,6 +656,15 @@ def _(results, fresh_call_matches):
     failed = {r.check for r in results if r.status == "fail"}
     return "stateless" in failed and bool(fresh_call_matches)
 
+
+
+@_hypothesis("decode_cache_kept_across_sequences", "the decoding cache is not reset: a new "
+             "sequence's fresh cache still holds the last sequence's entries", "evidence")
+def _(results, fresh_call_matches):
+    """A decode check that fails while the first sequence decodes right (the check's second
+    sequence starts a fresh cache)."""
+    failed = {r.check for r in results if r.status == "fail"}
+    return "decode" in failed and bool(fresh_call_matches)
 
 BY_ID = {h.id: h for h in HYPOTHESES}
 assert len(BY_ID) == len(HYPOTHESES), "hypothesis ids must be unique"

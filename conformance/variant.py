@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from attnsuite.impls.oracle import structural_mask
+from attnsuite.impls.oracle import rope_angles, rope_positions, rotate, structural_mask
 from attnsuite.impls.spec import AttentionSpec
 
 
@@ -22,8 +22,8 @@ class Trace:
     """A forward pass: the output, what the backward needs, and which rows saw a key."""
     out: np.ndarray            # (B, L_q, E_o)
     rows_with_keys: np.ndarray  # (B, L_q) bool: every head of the row saw some key
-    q: np.ndarray              # (B, H, L_q, d_k)
-    k: np.ndarray              # (B, H, L_k, d_k), expanded to H heads
+    q: np.ndarray              # (B, H, L_q, d_k), rotated where the spec has RoPE
+    k: np.ndarray              # (B, H, L_k, d_k), likewise, and expanded to H heads
     v: np.ndarray              # (B, H, L_k, d_v), likewise
     tanh: np.ndarray | None    # tanh(S / c) where softcapped
     probs: np.ndarray          # (B, H, L_q, L_k)
@@ -40,7 +40,11 @@ class Steps:
     def forward(self, weights, query, key, value, mask=None, bias=None) -> Trace:
         s = self.spec
         q = self.split_heads(self.project(query, weights, "q"), s.H)
-        k = self.expand_kv(self.split_heads(self.project(key, weights, "k"), s.H_kv))
+        k = self.split_heads(self.project(key, weights, "k"), s.H_kv)
+        if s.rope is not None:
+            q_positions, k_positions = self.positions(query.shape[1], key.shape[1])
+            q, k = self.rotate(q, self.angles(q_positions)), self.rotate(k, self.angles(k_positions))
+        k = self.expand_kv(k)
         v = self.expand_kv(self.split_heads(self.project(value, weights, "v"), s.H_kv))
         visible = self.visible(query.shape[0], query.shape[1], key.shape[1], mask)
         logits, tanh = self.logits(q, k, bias, visible)
@@ -64,6 +68,17 @@ class Steps:
 
     def expand_kv(self, x):
         return np.repeat(x, self.spec.group_size, axis=1)                    # (B, H, L, d)
+
+    def positions(self, L_q, L_k):
+        """RoPE positions of the queries and keys (oracle.rope_positions: end-aligned)."""
+        return rope_positions(L_q, L_k)
+
+    def angles(self, positions):
+        return rope_angles(self.spec, positions)                         # (L, rotary_dim/2)
+
+    def rotate(self, x, angles, inverse=False):
+        """x (B, heads, L, d) rotated per position; ``inverse``: the backward's rotation."""
+        return rotate(self.spec, x, angles, inverse)
 
     def visible(self, B, L_q, L_k, mask):
         """(B, H, L_q, L_k) bool: the structural rules and the user mask."""
@@ -114,6 +129,10 @@ class Steps:
             d_logits = self.softcap_backward(d_logits, fwd.tanh)
         d_q = self.scale_backward() * (d_logits @ fwd.k)
         d_k = self.scale_backward() * (d_logits.transpose(0, 1, 3, 2) @ fwd.q)
+        if s.rope is not None:
+            q_positions, k_positions = self.positions(query.shape[1], key.shape[1])
+            d_q = self.rotate(d_q, self.angles(q_positions), inverse=True)
+            d_k = self.rotate(d_k, self.angles(k_positions), inverse=True)
         G = s.group_size
 
         def summed(x):                                                     # (B, H_kv, L, d)

@@ -25,7 +25,7 @@ import pytest
 from attnsuite.conformance.checks import CheckResult
 from attnsuite.conformance.hypotheses import BY_ID
 from attnsuite.conformance.runner import ImplResult, check
-from attnsuite.impls.backends import framework_status
+from attnsuite.impls.backends import DTYPES, framework_status
 from attnsuite.impls.broken import BROKEN, CAUGHT_BY, CATEGORIES, Expect
 
 # JAX first: its eager op-by-op compilation makes it the slowest worker.
@@ -89,7 +89,9 @@ def problems(impl, expect: Expect) -> list[str]:
         found.append(f"no failing check matches {expect.checks} in a case tagged {expect.tags}; "
                      f"failing:\n{_brief(failing)}")
     if expect.forward_clean:
-        outputs = [r for r in impl.results if r.check == "output" and r.status != "pass"]
+        # A case the layer declines (RoPE for a layer without it) says nothing of its forward.
+        outputs = [r for r in impl.results if r.check == "output"
+                   and r.status not in ("pass", "unsupported")]
         if outputs:
             found.append(f"a gradient-only bug, yet the output check does not pass:\n{_brief(outputs)}")
     if expect.only_in:
@@ -135,6 +137,18 @@ def test_the_layer_the_bugs_are_built_on_passes(framework, judged):
     assert impl.verdict == "pass", (
         f"{CONTROLS[framework]} must conform for its bugs' failures to be theirs "
         f"({impl.reason or 'failing'}):\n{_brief(impl.failures())}")
+
+
+def test_the_pytorch_layer_rotates_and_decodes_right_in_every_dtype():
+    """The RoPE and decode cases of the full profile, in all four dtypes: the layer the RoPE
+    and cache bugs are built on passes them, so that their failures are theirs."""
+    _skip_unless_installed("torch")
+    run = check([CONTROLS["torch"]], profile="full", diagnose=False,
+                case_filter=lambda case: case.spec.rope is not None or case.checks == ("decode",))
+    impl = run.implementations[0]
+    assert impl.verdict == "pass", _brief(impl.failures())
+    judged = {(r.check, r.case_id.rsplit("-", 1)[1]) for r in impl.results if r.status == "pass"}
+    assert {("output", d) for d in DTYPES} | {("decode", d) for d in DTYPES} <= judged, sorted(judged)
 
 
 def test_the_catch_rate_is_complete(judged):

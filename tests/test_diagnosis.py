@@ -50,15 +50,21 @@ def test_steps_unchanged_are_the_oracle(dtype):
                                        err_msg=f"{case.id} {name}")
 
 
+def _decode_cases(dtypes):
+    """The decode cases of the default profile, as the numeric twins the diagnosis reads."""
+    return [c.replace(checks=NUMERIC) for c in catalog("default", dtypes) if c.checks == ("decode",)]
+
+
 def test_every_hypothesis_is_documented_and_changes_something():
-    """Each has a one-line explanation, a known kind, and shows on some default case."""
-    cases = _numeric_cases(["float64"])
+    """Each has a one-line explanation, a known kind, and shows on some default case (a
+    decode hypothesis on some decode case)."""
+    cases, decode_cases = _numeric_cases(["float64"]), _decode_cases(["float64"])
     for h in HYPOTHESES:
         assert h.kind in KINDS and h.explanation and "\n" not in h.explanation, h.id
         if h.kind == "evidence":
             continue
         shown = False
-        for case in cases:
+        for case in decode_cases if h.kind == "decode" else cases:
             ref = reference(case, strict_fully_masked=True)
             # A fitted parameter (the mask's fill) is fitted to this output: not the oracle's.
             prediction = h.predict(ref, np.zeros_like(ref.out))
@@ -91,6 +97,35 @@ def test_the_input_and_spec_mistakes_are_the_oracle_with_that_change():
         rows = prediction.rows & ~d.fully_masked
         np.testing.assert_allclose(prediction.out[rows], expected[rows], rtol=1e-12, atol=1e-12,
                                    err_msg=hypothesis_id)
+
+
+def test_the_rope_mistakes_are_the_oracle_with_that_rope():
+    """The RoPE hypotheses that are a changed spec, against the oracle computed on it."""
+    case = next(c for c in _numeric_cases(["float64"]) if c.spec.rope is not None
+                and c.spec.rotary_dim < c.spec.d_k and c.spec.rotary_dim > 2)
+    ref = reference(case)
+    d = ref.data
+    rope = case.spec.rope.to_dict()
+    other = "half" if rope["style"] == "interleaved" else "interleaved"
+    changed = {
+        "rope_style_swapped": case.spec.replace(rope={**rope, "style": other}),
+        "rope_not_applied": case.spec.replace(rope=None),
+        "rope_partial_ignored": case.spec.replace(rope={**rope, "rotary_dim": case.spec.d_k}),
+    }
+    for hypothesis_id, spec in changed.items():
+        expected = oracle.forward(spec, d.weights, d.query, d.key, d.value, d.mask, d.bias)
+        np.testing.assert_allclose(BY_ID[hypothesis_id].predict(ref, None).out, expected,
+                                   rtol=1e-12, atol=1e-12, err_msg=hypothesis_id)
+
+
+def test_a_decode_mistake_that_is_a_changed_spec_is_the_oracle_pass_with_it():
+    """A decoder without the window gives, step by step, the full causal pass without it."""
+    case = next(c for c in _decode_cases(["float64"]) if c.spec.window is not None)
+    ref = reference(case)
+    d = ref.data
+    expected = oracle.forward(case.spec.replace(window=None), d.weights, d.query, d.key, d.value)
+    np.testing.assert_allclose(BY_ID["decode_window_ignored"].predict(ref, None).out, expected,
+                               rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,6 +166,34 @@ def test_a_flaw_outside_the_catalog_is_explained_by_none(plugin, judged):
     assert impl.verdict == "fail"
     assert impl.diagnosis == [], f"{plugin}: a wrong name: {impl.diagnosis}"
     assert diagnosis.cause_lines(impl) == [f"Likely cause: {diagnosis.NONE_EXPLAINS}."]
+
+
+# The NumPy decoders of the decode check's own tests (tests/plugins/decoders.py), each
+# wrong in one way: the diagnosis reads the decoded steps.
+DECODERS = {
+    "dropped_cache": "decode_cache_dropped",
+    "oldest_entry_dropped": "decode_cache_drops_oldest",
+    "never_reset": "decode_cache_kept_across_sequences",
+    "window_ignored_while_decoding": "decode_window_ignored",
+}
+
+
+@pytest.fixture(scope="module")
+def decoded():
+    D = "numpy:tests.plugins.decoders:"
+    run = check([D + "correct", *(D + name for name in DECODERS)], profile="default",
+                case_filter="*decode*")
+    return {impl.name.removeprefix(D): impl for impl in run.implementations}
+
+
+@pytest.mark.parametrize("plugin", DECODERS)
+def test_the_diagnosis_names_a_decoding_flaw_from_the_steps(plugin, decoded):
+    impl = decoded[plugin]
+    assert impl.verdict == "fail" and impl.diagnosis, f"{plugin}: {impl.diagnosis}"
+    top = impl.diagnosis[0]
+    assert top["id"] == DECODERS[plugin], f"{plugin}: ranked {[d['id'] for d in impl.diagnosis]}"
+    assert top["cases_explained"] == top["cases_failing"] and top["checks"] == ["decode"]
+    assert decoded["correct"].verdict == "pass" and decoded["correct"].diagnosis is None
 
 
 def test_a_fully_masked_behaviour_is_named_under_the_strict_rule():

@@ -25,6 +25,8 @@ CATEGORIES = {
     "precision": "part of the work done in the wrong dtype",
     "form": "only a call form, a head grouping, a mask layout or a length reveals it",
     "contract": "the calling contract broken: arguments changed in place, the wrong output",
+    "rope": "rotary positions: the pairs' layout, the positions, the angles' precision",
+    "cache": "decoding with a cache: what it keeps, and where the new tokens sit",
 }
 
 
@@ -186,6 +188,38 @@ def _rows():
         (torch, "output_upcast_to_float64", "output returned as float64 whatever the dtype",
          Expect("contract", ("contract",), "the values are right, the dtype is not the inputs'",
                 tags=("float32",), only_in=("contract",), forward_clean=True)),
+        # Rotary positions: only a spec with RoPE shows these.
+        (torch, "rope_style_swapped", "RoPE pairs taken in the other layout (half vs interleaved)",
+         Expect("rope", OUTPUT, "features of different pairs are rotated together",
+                tags=("rope",), only_in=("rope",), diagnosis="rope_style_swapped")),
+        (torch, "rope_not_applied", "the spec's rotary positions never applied",
+         Expect("rope", OUTPUT, "the scores carry no position at all", tags=("rope",),
+                only_in=("rope",), diagnosis="rope_not_applied")),
+        (torch, "rope_query_positions_from_one", "query positions counted from 1, keys' from 0",
+         Expect("rope", OUTPUT, "every relative position is one too far (shifting both would "
+                "change nothing)", tags=("rope",), only_in=("rope",),
+                diagnosis="rope_positions_off_by_one")),
+        (torch, "rope_angles_in_float16", "RoPE angles computed in float16",
+         Expect("rope", OUTPUT, "position × frequency loses ~1e-3 rad past a few hundred "
+                "positions; nearer ones stay within float32's bound", tags=("rope", "long_keys"),
+                only_in=("rope",), diagnosis="rope_angles_float16")),
+        # Decoding with a cache: only the decode check, step by step, shows these.
+        (torch, "decode_query_positions_not_offset", "decoded queries rotated at 0..n−1",
+         Expect("cache", ("decode",), "each step's queries sit at the start of the sequence, "
+                "not after the cached tokens; the full pass is right", tags=("rope",),
+                only_in=("rope",), forward_clean=True, diagnosis="decode_positions_not_offset")),
+        (torch, "decode_cache_ring_of_eight", "a cache of 8 slots overwriting the oldest entry",
+         Expect("cache", ("decode",), "from the 9th token on, token 0 is lost (unless a window "
+                "hides it anyway)", tags=("decode",), only_in=("decode",), forward_clean=True,
+                diagnosis="decode_cache_drops_oldest")),
+        (torch, "decode_window_ignored", "the decoding mask without the sliding window",
+         Expect("cache", ("decode",), "decoded steps see keys past the window; the full pass "
+                "applies it", tags=("window",), only_in=("window",), forward_clean=True,
+                diagnosis="decode_window_ignored")),
+        (torch, "decode_cache_never_reset", "init_cache hands back the last sequence's cache",
+         Expect("cache", ("decode",), "the second sequence attends to the first one's keys",
+                tags=("decode",), only_in=("decode",), forward_clean=True,
+                diagnosis="decode_cache_kept_across_sequences")),
     ]
 
 

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnsuite.impls.errors import Unsupported
+
 
 def masked_softmax(logits):
     """Softmax over each row's finite logits; a row with none (fully masked) is zeros."""
@@ -27,6 +29,8 @@ class Attention:
     """SPEC section 3 in JAX, split into the steps a bug can hide in."""
 
     def __init__(self, spec):
+        if spec.rope is not None:   # the RoPE and cache bugs are the PyTorch layer's
+            raise Unsupported("rotary positions: not implemented by this layer")
         self.spec = spec
 
     def __call__(self, params, query, key, value, mask=None, bias=None, training=False, seed=None):

@@ -10,11 +10,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from attnsuite.impls.errors import Unsupported
+
 
 class Attention:
     """SPEC section 3 in TensorFlow, split into the steps a bug can hide in."""
 
     def __init__(self, spec):
+        if spec.rope is not None:   # the RoPE and cache bugs are the PyTorch layer's
+            raise Unsupported("rotary positions: not implemented by this layer")
         self.spec = spec
 
     def __call__(self, params, query, key, value, mask=None, bias=None, training=False, seed=None):

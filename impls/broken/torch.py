@@ -1,6 +1,8 @@
-"""Broken PyTorch implementations: bugs in head bookkeeping, masking, gradients and state.
+"""Broken PyTorch implementations: bugs in head bookkeeping, masking, gradients, state,
+rotary positions and decoding with a cache.
 
-``Attention`` is a correct module-free layer in plain torch ops, one method per step;
+``Attention`` is a correct module-free layer in plain torch ops, one method per step (it
+also decodes: ``init_cache``/``decode``, conformance/decode.py);
 each factory below returns a subclass that gets exactly one step wrong, in the code a
 person would plausibly write. The catalog (``attnsuite.impls.broken``) says which check must
 catch each.
@@ -14,23 +16,99 @@ import torch
 
 
 class Attention:
-    """SPEC section 3 in PyTorch, split into the steps a bug can hide in."""
+    """SPEC sections 3 and 5 (decoding) in PyTorch, split into the steps a bug can hide in."""
 
     def __init__(self, spec):
         self.spec = spec
 
     def __call__(self, params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        s = self.spec
-        q = self.split_heads(self.project(query, params, "q"), s.H)
+        q = self.queries(params, query)
         k, v = self.keys_values(params, key, value)
+        q_positions, k_positions = self.positions(q.shape[-2], k.shape[-2], q.device)
+        q, k = self.rope(q, q_positions), self.rope(k, k_positions)
+        visible = self.structural_mask(q.shape[-2], k.shape[-2], q.device)
+        return self.attend(params, q, k, v, visible, mask, bias, training, seed)
+
+    def attend(self, params, q, k, v, visible, mask=None, bias=None, training=False, seed=None):
+        """The output from heads already projected (and rotated): logits, softmax, values."""
         logits = self.logits(q, k)
         if bias is not None:
             logits = logits + bias
-        logits = self.masked(logits, mask, self.structural_mask(q.shape[-2], k.shape[-2], q.device))
+        logits = self.masked(logits, mask, visible)
         # Half precision runs the softmax in float32, as fused kernels do.
         wide = torch.promote_types(logits.dtype, torch.float32)
         probs = self.dropout(self.softmax(logits.to(wide)).to(logits.dtype), training, seed)
         return self.project(self.merge_heads(self.combine(probs, v)), params, "o")
+
+    # --- Decoding with a cache (SPEC 5): the cache holds the rotated keys and values -----
+    def init_cache(self, params, batch_size):
+        s, w = self.spec, params["wk"]
+        empty = lambda d: w.new_zeros((batch_size, s.H, 0, d))   # noqa: E731
+        return {"key": empty(s.d_k), "value": empty(s.d_v),
+                "tokens": torch.zeros(0, dtype=torch.long, device=w.device), "length": 0}
+
+    def decode(self, params, cache, query, key, value):
+        """The new tokens' output, and the cache with their keys and values appended."""
+        q = self.queries(params, query)
+        k, v = self.keys_values(params, key, value)
+        start, n = cache["length"], q.shape[-2]
+        q_positions, k_positions = self.decode_positions(start, n, q.device)
+        q, k = self.rope(q, q_positions), self.rope(k, k_positions)
+        tokens = torch.arange(start, start + n, device=q.device)
+        cache = self.cached(cache, k, v, tokens)
+        visible = self.decode_mask(tokens, cache["tokens"])
+        return self.attend(params, q, cache["key"], cache["value"], visible), cache
+
+    def decode_positions(self, start, n, device):
+        """RoPE positions of n new tokens: they come after the ``start`` tokens seen."""
+        q_positions, k_positions = self.positions(n, n, device)
+        return q_positions + start, k_positions + start
+
+    def cached(self, cache, k, v, tokens):
+        """A new cache: the old entries, then the new keys, values and token indices."""
+        return {"key": torch.cat([cache["key"], k], dim=2),
+                "value": torch.cat([cache["value"], v], dim=2),
+                "tokens": torch.cat([cache["tokens"], tokens]),
+                "length": cache["length"] + len(tokens)}
+
+    def decode_mask(self, q_tokens, k_tokens):
+        """The causal and window rules between the new tokens and the cached ones."""
+        return self.rules(q_tokens[:, None], k_tokens[None, :])
+
+    # --- Rotary positions (SPEC 2) ----------------------------------------------------------
+    def positions(self, L_q, L_k, device):
+        """Query i sits at i + L_k − L_q (the last L_q of L_k tokens), key j at j."""
+        return torch.arange(L_q, device=device) + (L_k - L_q), torch.arange(L_k, device=device)
+
+    def rope_angles(self, positions):
+        """(L, rotary_dim/2): position·theta^(−2m/rotary_dim), in float64 whatever the dtype."""
+        s = self.spec
+        m = torch.arange(s.rotary_dim // 2, dtype=torch.float64, device=positions.device)
+        return positions.to(torch.float64)[:, None] * s.rope.theta ** (-2.0 * m / s.rotary_dim)
+
+    def rope_pairs(self):
+        """The features rotated together: (m, m + r/2) "half", (2m, 2m + 1) "interleaved"."""
+        r = self.spec.rotary_dim
+        if self.spec.rope.style == "half":
+            return slice(0, r // 2), slice(r // 2, r)
+        return slice(0, r, 2), slice(1, r, 2)
+
+    def rope(self, x, positions):
+        """x (B, heads, L, d) with each position's feature pairs rotated, in at least float32."""
+        if self.spec.rope is None:
+            return x
+        first, second = self.rope_pairs()
+        wide = torch.promote_types(x.dtype, torch.float32)
+        angles = self.rope_angles(positions)
+        cos, sin = torch.cos(angles).to(wide), torch.sin(angles).to(wide)
+        x1, x2 = x[..., first].to(wide), x[..., second].to(wide)
+        out = x.to(wide).clone()
+        out[..., first] = x1 * cos - x2 * sin
+        out[..., second] = x2 * cos + x1 * sin
+        return out.to(x.dtype)
+
+    def queries(self, params, query):
+        return self.split_heads(self.project(query, params, "q"), self.spec.H)
 
     def project(self, x, params, name):
         y = x @ params["w" + name]
@@ -66,12 +144,16 @@ class Attention:
 
     def structural_mask(self, L_q, L_k, device):
         """(L_q, L_k) bool: the causal and window rules (True = visible)."""
-        s = self.spec
         i = torch.arange(L_q, device=device)[:, None]
         j = torch.arange(L_k, device=device)[None, :]
-        if s.causal == "bottom_right":
+        if self.spec.causal == "bottom_right":
             i = i + (L_k - L_q)
-        visible = torch.ones(L_q, L_k, dtype=torch.bool, device=device)
+        return self.rules(i, j)
+
+    def rules(self, i, j):
+        """(L_q, L_k) bool: whether query i may see key j, i (L_q, 1) and j (1, L_k) token indices."""
+        s = self.spec
+        visible = torch.ones(i.shape[0], j.shape[1], dtype=torch.bool, device=i.device)
         if s.causal is not None:
             visible &= j <= i
         if s.window is not None:
@@ -272,6 +354,10 @@ def self_attention_projects_keys_with_wq(spec):
             self.self_call = query is key is value and params["wq"].shape == params["wk"].shape
             return super().__call__(params, query, key, value, *args, **kwargs)
 
+        def decode(self, params, cache, query, key, value):
+            self.self_call = query is key is value and params["wq"].shape == params["wk"].shape
+            return super().decode(params, cache, query, key, value)
+
     return Layer(spec)
 
 
@@ -282,6 +368,10 @@ def memory_projected_once_with_wk(spec):
         def __call__(self, params, query, *args, **kwargs):
             self.query = query
             return super().__call__(params, query, *args, **kwargs)
+
+        def decode(self, params, cache, query, *args):
+            self.query = query
+            return super().decode(params, cache, query, *args)
 
         def keys_values(self, params, key, value):
             s = self.spec
@@ -354,5 +444,107 @@ def output_upcast_to_float64(spec):
     class Layer(Attention):
         def __call__(self, *args, **kwargs):
             return super().__call__(*args, **kwargs).double()
+
+    return Layer(spec)
+
+
+# --- Rotary positions and the decoding cache ------------------------------------------------
+
+def rope_style_swapped(spec):
+    """RoPE pairs in the other layout: (2m, 2m+1) where the spec says half, (m, m+r/2) for interleaved."""
+
+    class Layer(Attention):
+        def rope_pairs(self):
+            r, half = self.spec.rotary_dim, self.spec.rope.style == "half"
+            return (slice(0, r, 2), slice(1, r, 2)) if half else (slice(0, r // 2), slice(r // 2, r))
+
+    return Layer(spec)
+
+
+def rope_not_applied(spec):
+    """The spec's rotary positions never applied: the layer was ported without its rotary embedding."""
+
+    class Layer(Attention):
+        def rope(self, x, positions):
+            return x
+
+    return Layer(spec)
+
+
+def rope_query_positions_from_one(spec):
+    """Query positions counted from 1 (i + L_k − L_q + 1) while the keys' start at 0."""
+
+    class Layer(Attention):
+        def positions(self, L_q, L_k, device):
+            q_positions, k_positions = super().positions(L_q, L_k, device)
+            return q_positions + 1, k_positions
+
+    return Layer(spec)
+
+
+def rope_angles_in_float16(spec):
+    """RoPE angles (positions times frequencies) computed in float16 to save memory."""
+
+    class Layer(Attention):
+        def rope_angles(self, positions):
+            s = self.spec
+            m = torch.arange(s.rotary_dim // 2, dtype=torch.float64, device=positions.device)
+            frequencies = (s.rope.theta ** (-2.0 * m / s.rotary_dim)).half()
+            return (positions.half()[:, None] * frequencies).double()
+
+    return Layer(spec)
+
+
+def decode_query_positions_not_offset(spec):
+    """While decoding, the new queries rotated at positions 0..n−1 instead of after the cached tokens."""
+
+    class Layer(Attention):
+        def decode_positions(self, start, n, device):
+            q_positions, k_positions = super().decode_positions(start, n, device)
+            return q_positions - start, k_positions
+
+    return Layer(spec)
+
+
+RING_SLOTS = 8
+
+
+def decode_cache_ring_of_eight(spec):
+    """The decoding cache a ring of 8 slots: from the 9th token on, the oldest entry is overwritten."""
+
+    class Layer(Attention):
+        def cached(self, cache, k, v, tokens):
+            cache = super().cached(cache, k, v, tokens)
+            kept = slice(-RING_SLOTS, None)
+            return {**cache, "key": cache["key"][:, :, kept], "value": cache["value"][:, :, kept],
+                    "tokens": cache["tokens"][kept]}
+
+    return Layer(spec)
+
+
+def decode_window_ignored(spec):
+    """The decoding path's mask written with the causal rule only: the sliding window is forgotten."""
+
+    class Layer(Attention):
+        def decode_mask(self, q_tokens, k_tokens):
+            return k_tokens[None, :] <= q_tokens[:, None]
+
+    return Layer(spec)
+
+
+def decode_cache_never_reset(spec):
+    """init_cache hands back the layer's one cache, so a new sequence starts with the last one's entries."""
+
+    class Layer(Attention):
+        kept = None
+
+        def init_cache(self, params, batch_size):
+            if self.kept is None:
+                self.kept = super().init_cache(params, batch_size)
+            return self.kept
+
+        def cached(self, cache, k, v, tokens):
+            self.kept = super().cached(cache, k, v, tokens)
+            return self.kept
 
     return Layer(spec)
