@@ -32,6 +32,7 @@ from attnsuite.impls.calling import FORMS
 REPORT_NAME = "conformance.json"
 # What makes two shards parts of one run (besides the implementations and the shard count).
 RUN_KEYS = ("profile", "device", "dtypes", "seed", "strict_fully_masked", "min_coverage")
+SHARD_KEYS = ("index", "count", "positions", "cases_total", "selection")    # runner.check's
 
 
 class MergeError(ValueError):
@@ -77,8 +78,11 @@ def load_run(path) -> RunResult:
             implementations.append(ImplResult(d["name"], d["framework"], d["kind"], d["verdict"],
                                               d["reason"], results, d["seconds"], d["diagnosis"]))
         cases = [_case(c) for c in data["cases"]]
+        shard = data.get("shard")
+        if shard is not None:
+            shard = {key: shard[key] for key in SHARD_KEYS}
         return RunResult(implementations, cases, data["environment"], data["warnings"],
-                         data["interrupted"], data.get("shard"))
+                         data["interrupted"], shard)
     except OSError as exc:
         raise MergeError(f"{source}: {exc.strerror or exc}") from None
     except MergeError as exc:
@@ -94,7 +98,7 @@ def load_run(path) -> RunResult:
 def _run_key(run: RunResult) -> tuple:
     env, shard = run.environment, run.shard
     weights = (env.get("weights") or {}).get("sha256")
-    return (tuple(i.name for i in run.implementations), shard["count"], shard["cases_total"], weights,
+    return (tuple(i.name for i in run.implementations), shard["count"], shard["selection"], weights,
             *(json.dumps(env.get(k)) for k in RUN_KEYS))
 
 

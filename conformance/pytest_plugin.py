@@ -96,6 +96,8 @@ class _Gate:
         self.run = check(self.names, isolate=True, **self.kwargs)
         if self.report_dir:
             self.written = report.write_reports(self.run, self.report_dir)
+        if self.run.interrupted:     # Ctrl-C while judging: the partial report is written; stop
+            raise KeyboardInterrupt(f"attnsuite: interrupted ({self.run.interrupted})")
         return self.run
 
     def release(self) -> None:

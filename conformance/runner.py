@@ -158,7 +158,10 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
         if count > len(cases):
             raise ValueError(f"--shard {index}/{count}: the run has only {len(cases)} cases")
         positions = shard_positions(cases, index, count)
-        shard_info = {"index": index, "count": count, "positions": positions, "cases_total": len(cases)}
+        # The whole selection's digest: shards of runs that chose other cases never merge.
+        selection = hashlib.sha256("\n".join(c.id for c in cases).encode()).hexdigest()[:16]
+        shard_info = {"index": index, "count": count, "positions": positions, "cases_total": len(cases),
+                      "selection": selection}
         cases = [cases[p] for p in positions]
     xfail_list = Xfails.coerce(xfails)
     options = Options(device, strict_fully_masked, None if weights_path is None else str(weights_path), seed,
