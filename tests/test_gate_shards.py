@@ -140,3 +140,22 @@ def test_a_file_that_is_no_conformance_report_is_named(tmp_path, capsys):
     (tmp_path / "conformance.json").write_text("{\"implementations\": 3}")
     assert merge.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'conformance.json'}: not a conformance report" in capsys.readouterr().err
+
+
+def test_merged_warnings_are_the_unsharded_runs(tmp_path, capsys):
+    """An xfail pattern that matches in one shard only is no warning of the run; one that
+    matches nothing anywhere is, once."""
+    xfails = tmp_path / "xfails.txt"
+    xfails.write_text("numpy.oracle::mha2-E8-B2-Lq5-Lk5-float64::output  # matches one case\n"
+                      "numpy.oracle::no-such-case::*  # matches nothing\n")
+    common = ["numpy.oracle", "--xfails", str(xfails), "-q"]
+    assert cli.main([*common, "--report", str(tmp_path / "full")]) == 0
+    for k in (1, 2, 3):
+        assert cli.main([*common, "--shard", f"{k}/3", "--report", str(tmp_path / f"s{k}")]) == 0
+    assert merge.main([*(str(tmp_path / f"s{k}") for k in (1, 2, 3)), "--out", str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    shard_warnings = [json.loads((tmp_path / f"s{k}" / "conformance.json").read_text())["warnings"] for k in (1, 2, 3)]
+    # The two shards without that case warn about its pattern; the merge does not.
+    assert sum(any("Lk5-float64::output" in w for w in warnings) for warnings in shard_warnings) == 2
+    assert _results(tmp_path / "merged" / "conformance.json") == _results(tmp_path / "full" / "conformance.json")
+    assert len(_results(tmp_path / "full" / "conformance.json")["warnings"]) == 1
