@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     from attnsuite.conformance.cli import _Parser
 
     paragraphs = __doc__.strip().split("\n\n")
-    p = _Parser(prog="attnsuite report", description=paragraphs[0].split("\n")[0],
+    p = _Parser(prog="attnsuite report",
+                description="Merge conformance reports of shards and machines into one report, "
+                            "with one verdict.",
                 epilog="\n\n".join(paragraphs[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", metavar="DIR",
                    help="an attnsuite check --report folder (or its conformance.json)")
@@ -268,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.junit_xml:
             check_output_file("--junit-xml", args.junit_xml)
+        for path in args.dirs:
+            if report_path(path).parent.resolve() == Path(args.out).resolve():
+                raise _UsageError(f"--out {args.out}: is an input ({path}); write the merge elsewhere")
         run = merge(args.dirs)
         written = report.write_reports(run, args.out)
         if args.junit_xml:

@@ -109,6 +109,11 @@ def test_a_missing_or_repeated_shard_is_refused(runs, capsys):
                            "--out", str(folder / "x")]) == 2
     assert "both shard 2/3" in capsys.readouterr().err
     assert not (folder / "x" / "conformance.json").exists()
+    before = (folder / "shard1" / "conformance.json").read_text()
+    assert suite_cli.main(["report", *(str(folder / f"shard{k}") for k in (1, 2, 3)),
+                           "--out", str(folder / "shard1")]) == 2
+    assert "is an input" in capsys.readouterr().err
+    assert (folder / "shard1" / "conformance.json").read_text() == before
 
 
 def test_another_machines_run_is_added_beside_with_its_rows_labelled(runs, tmp_path, capsys):
