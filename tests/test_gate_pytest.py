@@ -66,6 +66,17 @@ def test_xfails_turn_failures_into_xfail_and_the_verdict_passes(tmp_path):
     assert got[f"attnsuite::{NAIVE}::verdict"] == "passed"
 
 
+def test_an_implementation_judged_on_nothing_fails_its_verdict_test(tmp_path):
+    outcomes = tmp_path / "outcomes.json"
+    done = _pytest(tmp_path, "-p", RECORDER_MODULE, "--attnsuite-impl", "numpy.oracle", "--attnsuite-dtype",
+                   "float16", env=recorder_env(tmp_path / "recorder", outcomes))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    got = gate_outcomes(outcomes)
+    assert got.pop("attnsuite::numpy.oracle::verdict") == "failed"
+    assert got and set(got.values()) == {"skipped"}
+    assert "UNTESTED numpy.oracle" in done.stdout and "nothing judged" in done.stdout
+
+
 def test_without_attnsuite_impl_the_plugin_collects_and_imports_nothing(tmp_path):
     (tmp_path / "test_probe.py").write_text(
         "import sys\n\n"

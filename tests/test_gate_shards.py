@@ -116,19 +116,25 @@ def test_a_missing_or_repeated_shard_is_refused(runs, capsys):
     assert (folder / "shard1" / "conformance.json").read_text() == before
 
 
-def test_another_machines_run_is_added_beside_with_its_rows_labelled(runs, tmp_path, capsys):
+@pytest.mark.parametrize("device, labels", [("gpu", ["cpu", "gpu"]), ("cpu", ["run 1", "run 2"])])
+def test_another_machines_run_is_added_beside_with_its_rows_labelled(runs, tmp_path, capsys, device, labels):
     folder, _ = runs
-    # Another machine's run (here: the oracle alone, unsharded), merged with the shards.
+    # Another machine's run (here: the oracle alone, unsharded), merged with the shards;
+    # as a GPU job's report (the device its environment names: no GPU here) or a CPU one's.
     assert cli.main(["numpy.oracle", "--report", str(tmp_path / "other"), "-q"]) == 0
+    other = tmp_path / "other" / "conformance.json"
+    data = json.loads(other.read_text())
+    data["environment"]["device"] = device
+    other.write_text(json.dumps(data))
     code = suite_cli.main(["report", *(str(folder / f"shard{k}") for k in (1, 2, 3)), str(tmp_path / "other"),
                            "--out", str(tmp_path / "merged"), "-q"])
     capsys.readouterr()
     assert code == 1
     data = json.loads((tmp_path / "merged" / "conformance.json").read_text())
     names = [i["name"] for i in data["implementations"]]
-    assert names == ["numpy.oracle [run 1]", "torch.fused", "broken.torch.scale_one_over_d_k",
-                     "numpy.oracle [run 2]"]
-    assert len(data["environment"]["inputs"]) == 4
+    assert names == [f"numpy.oracle [{labels[0]}]", "torch.fused", "broken.torch.scale_one_over_d_k",
+                     f"numpy.oracle [{labels[1]}]"]
+    assert [e["device"] for e in data["environment"]["inputs"]] == ["cpu", "cpu", "cpu", device]
 
 
 def test_report_hands_benchmark_folders_to_the_benchmark_merge(tmp_path, monkeypatch):
