@@ -26,7 +26,7 @@ from pathlib import Path
 from attnsuite import sanitize
 from attnsuite.conformance.cases import Case
 from attnsuite.conformance.checks import CheckResult
-from attnsuite.conformance.results import FAILING, ImplResult, RunResult
+from attnsuite.conformance.results import ImplResult, RunResult
 from attnsuite.impls.calling import FORMS
 
 REPORT_NAME = "conformance.json"
@@ -123,6 +123,10 @@ def _positions(cases: list[Case], seed: int) -> dict[str, int]:
     return positions
 
 
+def _failing_cases(impl: ImplResult) -> int:
+    return len({r.case_id for r in impl.failures()})
+
+
 def _merge_shards(shards: list[tuple[str, RunResult]]) -> RunResult:
     """The shards of one run -> the run, as if judged unsharded."""
     from attnsuite.conformance.runner import low_coverage_warnings
@@ -168,8 +172,9 @@ def _merge_shards(shards: list[tuple[str, RunResult]]) -> RunResult:
         if impl.verdict == "fail":   # the diagnosis of the shard with most failing cases
             diagnosed = [p for p in parts if p.diagnosis]
             if diagnosed:
-                impl.diagnosis = max(diagnosed, key=lambda p: len({r.case_id for r in p.failures()})).diagnosis
-        cut_short = [p.reason for (_, run), p in zip(shards, parts) if run.interrupted and p.verdict == "untested"]
+                impl.diagnosis = max(diagnosed, key=_failing_cases).diagnosis
+        cut_short = [p.reason for (_, run), p in zip(shards, parts)
+                     if run.interrupted and p.verdict == "untested"]
         if cut_short and impl.verdict == "pass":
             impl.verdict, impl.reason = "untested", cut_short[0]
         implementations.append(impl)

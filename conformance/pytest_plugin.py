@@ -158,8 +158,8 @@ class _GateNode(pytest.Collector):
         items = []
         for impl in run.implementations:
             for result in impl.results:
-                items.append(CheckItem.from_parent(self, name=f"{impl.name}::{result.case_id}::{result.check}",
-                                                   impl=impl, result=result))
+                name = f"{impl.name}::{result.case_id}::{result.check}"
+                items.append(CheckItem.from_parent(self, name=name, impl=impl, result=result))
             items.append(VerdictItem.from_parent(self, name=f"{impl.name}::verdict", impl=impl))
         return items
 

@@ -31,9 +31,9 @@ def test_one_test_per_check_with_the_outcomes_of_attnsuite_check(tmp_path, capsy
     options = ["--dtype", "float32,float64"]
     outcomes = tmp_path / "outcomes.json"
     env = recorder_env(tmp_path / "recorder", outcomes)
-    done = _pytest(tmp_path, "-p", RECORDER_MODULE, *(a for name in impls for a in ("--attnsuite-impl", name)),
-                   "--attnsuite-dtype", "float32,float64", "--attnsuite-report", str(tmp_path / "plugin"),
-                   env=env)
+    named = [a for name in impls for a in ("--attnsuite-impl", name)]
+    done = _pytest(tmp_path, "-p", RECORDER_MODULE, *named, "--attnsuite-dtype", "float32,float64",
+                   "--attnsuite-report", str(tmp_path / "plugin"), env=env)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert cli.main([*impls, *options, "--report", str(tmp_path / "cli"), "-q"]) == 1
     capsys.readouterr()
@@ -48,21 +48,25 @@ def test_one_test_per_check_with_the_outcomes_of_attnsuite_check(tmp_path, capsy
     assert f"attnsuite::{NAIVE}::verdict" in failed
     assert "reproduce: attnsuite check " + NAIVE + " --case" in done.stdout
     # The same report writer: the same verdicts and counts in both reports.
-    assert verdicts(tmp_path / "plugin" / "conformance.json") == verdicts(tmp_path / "cli" / "conformance.json")
+    plugin_report, cli_report = tmp_path / "plugin" / "conformance.json", tmp_path / "cli" / "conformance.json"
+    assert verdicts(plugin_report) == verdicts(cli_report)
     assert "FAIL: 1 of 2 implementations pass" in done.stdout
 
 
 def test_xfails_turn_failures_into_xfail_and_the_verdict_passes(tmp_path):
-    (tmp_path / "xfails.txt").write_text(f"{NAIVE}::*stress_large_logits*::output  # the naive softmax overflows\n"
-                                         f"{NAIVE}::*-B2-Lq5-Lk5-float64::output  # passes: an XPASS\n")
+    (tmp_path / "xfails.txt").write_text(
+        f"{NAIVE}::*stress_large_logits*::output  # the naive softmax overflows\n"
+        f"{NAIVE}::*-B2-Lq5-Lk5-float64::output  # passes: an XPASS\n")
     outcomes = tmp_path / "outcomes.json"
-    done = _pytest(tmp_path, "-p", RECORDER_MODULE, "--attnsuite-impl", NAIVE, "--attnsuite-xfails", "xfails.txt",
-                   "--attnsuite-case", "*-B2-Lq5-Lk5-*", env=recorder_env(tmp_path / "recorder", outcomes))
+    done = _pytest(tmp_path, "-p", RECORDER_MODULE, "--attnsuite-impl", NAIVE, "--attnsuite-xfails",
+                   "xfails.txt", "--attnsuite-case", "*-B2-Lq5-Lk5-*",
+                   env=recorder_env(tmp_path / "recorder", outcomes))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     got = gate_outcomes(outcomes)
     assert {n for n, o in got.items() if o == "xfailed"} == {
         n for n in got if "stress_large_logits" in n and n.endswith("::output")}
-    assert [n for n, o in got.items() if o == "xpassed"] == [f"attnsuite::{NAIVE}::mha2-E8-B2-Lq5-Lk5-float64::output"]
+    xpassed = [n for n, o in got.items() if o == "xpassed"]
+    assert xpassed == [f"attnsuite::{NAIVE}::mha2-E8-B2-Lq5-Lk5-float64::output"]
     assert got[f"attnsuite::{NAIVE}::verdict"] == "passed"
 
 
@@ -92,7 +96,8 @@ def test_without_attnsuite_impl_the_plugin_collects_and_imports_nothing(tmp_path
 def test_usage_errors_stop_pytest_before_anything_runs(tmp_path):
     for args, message in [(["--attnsuite-impl", "numpy.nonesuch"], "numpy.nonesuch"),
                           (["--attnsuite-impl", "numpy.oracle", "--attnsuite-profile", "huge"], "huge"),
-                          (["--attnsuite-impl", "numpy.oracle", "--attnsuite-case", "nothing-*"], "nothing-*"),
+                          (["--attnsuite-impl", "numpy.oracle", "--attnsuite-case", "nothing-*"],
+                           "nothing-*"),
                           (["--attnsuite-impl", "numpy.oracle", "--attnsuite-xfails", "missing.txt"],
                            "missing.txt")]:
         done = _pytest(tmp_path, *args)

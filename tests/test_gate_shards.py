@@ -69,6 +69,10 @@ def runs(tmp_path_factory):
     return folder, codes
 
 
+def _report(folder) -> dict:
+    return json.loads((folder / "conformance.json").read_text())
+
+
 def _results(report) -> dict:
     data = json.loads(report.read_text())
     return {"ok": data["ok"], "cases": [c["id"] for c in data["cases"]], "warnings": data["warnings"],
@@ -80,7 +84,7 @@ def _results(report) -> dict:
 def test_three_shards_merged_equal_the_unsharded_run(runs, capsys):
     folder, codes = runs
     assert codes["full"] == 1
-    shard_cases = [json.loads((folder / f"shard{k}" / "conformance.json").read_text())["cases"] for k in (1, 2, 3)]
+    shard_cases = [_report(folder / f"shard{k}")["cases"] for k in (1, 2, 3)]
     assert all(shard_cases) and sum(map(len, shard_cases)) == len(catalog("quick"))
     out, junit = folder / "merged", folder / "merged.xml"
     code = suite_cli.main(["report", *(str(folder / f"shard{k}") for k in (3, 1, 2)),
@@ -165,8 +169,9 @@ def test_merged_warnings_are_the_unsharded_runs(tmp_path, capsys):
         assert cli.main([*common, "--shard", f"{k}/3", "--report", str(tmp_path / f"s{k}")]) == 0
     assert merge.main([*(str(tmp_path / f"s{k}") for k in (1, 2, 3)), "--out", str(tmp_path / "merged")]) == 0
     capsys.readouterr()
-    shard_warnings = [json.loads((tmp_path / f"s{k}" / "conformance.json").read_text())["warnings"] for k in (1, 2, 3)]
+    shard_warnings = [_report(tmp_path / f"s{k}")["warnings"] for k in (1, 2, 3)]
     # The two shards without that case warn about its pattern; the merge does not.
     assert sum(any("Lk5-float64::output" in w for w in warnings) for warnings in shard_warnings) == 2
-    assert _results(tmp_path / "merged" / "conformance.json") == _results(tmp_path / "full" / "conformance.json")
+    merged, full = tmp_path / "merged" / "conformance.json", tmp_path / "full" / "conformance.json"
+    assert _results(merged) == _results(full)
     assert len(_results(tmp_path / "full" / "conformance.json")["warnings"]) == 1

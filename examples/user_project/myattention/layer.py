@@ -32,13 +32,14 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query, key, value, mask=None, bias=None):
         """``mask``: boolean, broadcastable to (B, heads, L_q, L_k), True = attend."""
-        def heads(x, n):                                  # (B, L, n*d) -> (B, n, L, d)
+        def heads(x, n):                                      # (B, L, n*d) -> (B, n, L, d)
             return x.unflatten(-1, (n, -1)).transpose(1, 2)
 
-        q = heads(self.q_proj(query), self.heads)
-        k = heads(self.k_proj(key), self.kv_heads).repeat_interleave(self.heads // self.kv_heads, dim=1)
-        v = heads(self.v_proj(value), self.kv_heads).repeat_interleave(self.heads // self.kv_heads, dim=1)
-        logits = (q @ k.transpose(-2, -1)) * self.scale
+        group = self.heads // self.kv_heads                   # query heads per key/value head
+        q = heads(self.q_proj(query), self.heads)                                       # (B, H, L_q, d_k)
+        k = heads(self.k_proj(key), self.kv_heads).repeat_interleave(group, dim=1)      # (B, H, L_k, d_k)
+        v = heads(self.v_proj(value), self.kv_heads).repeat_interleave(group, dim=1)    # (B, H, L_k, d_v)
+        logits = (q @ k.transpose(-2, -1)) * self.scale                                 # (B, H, L_q, L_k)
         if self.softcap is not None:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         if bias is not None:
@@ -50,7 +51,7 @@ class MultiHeadAttention(nn.Module):
         weights = logits.softmax(dim=-1)
         if mask is not None:
             weights = weights * has_key
-        return self.out_proj((weights @ v).transpose(1, 2).flatten(-2))
+        return self.out_proj((weights @ v).transpose(1, 2).flatten(-2))                 # (B, L_q, E_o)
 
 
 def make(spec):
