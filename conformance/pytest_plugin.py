@@ -109,6 +109,9 @@ class _Gate:
 def pytest_configure(config):
     if not config.getoption("--attnsuite-impl", None):
         return
+    if config.getoption("numprocesses", None) or hasattr(config, "workerinput"):
+        raise pytest.UsageError("--attnsuite-impl: the gate judges in worker processes of its own; run "
+                                "it without pytest-xdist's -n (each xdist worker would judge the whole run)")
     gate = _Gate(config)
     gate.validate()
     config.stash[_GATE] = gate

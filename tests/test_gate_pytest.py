@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from attnsuite.conformance import cli
 from gate_faces import RECORDER_MODULE, expected_outcomes, gate_outcomes, recorder_env, verdicts
 
@@ -103,6 +105,12 @@ def test_usage_errors_stop_pytest_before_anything_runs(tmp_path):
         done = _pytest(tmp_path, *args)
         assert done.returncode == 4, (args, done.stdout[-2000:], done.stderr[-2000:])
         assert message in done.stderr and "attnsuite" in done.stderr, done.stderr
+
+
+def test_xdist_is_refused_with_the_reason(tmp_path):
+    pytest.importorskip("xdist")
+    done = _pytest(tmp_path, "-n", "2", "--attnsuite-impl", "numpy.oracle")
+    assert done.returncode == 4 and "without pytest-xdist's -n" in done.stderr, done.stderr[-2000:]
 
 
 def test_the_entry_point_is_the_module_pytest_p_names():
