@@ -16,6 +16,13 @@ if (_CHECKOUT / "impls" / "oracle.py").is_file() and (_CHECKOUT / "pyproject.tom
     # the three folders beside this one are its subpackages.
     __path__.append(str(_CHECKOUT))
 
-from attnsuite.impls import AttentionSpec, PluginError, Unsupported, visible_mask  # noqa: E402
-
 __all__ = ["AttentionSpec", "PluginError", "Unsupported", "visible_mask"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: ``import attnsuite`` stays cheap (NumPy and ml_dtypes take
+    # seconds), which the pytest plugin needs, loaded in every pytest session of a user.
+    if name in __all__:
+        from attnsuite import impls
+        return getattr(impls, name)
+    raise AttributeError(f"module 'attnsuite' has no attribute {name!r}")

@@ -21,8 +21,8 @@ SUBCOMMANDS = {
               "the conformance gate: implementations judged against the float64 oracle"),
     "bench": ("attnsuite.bench.cli", "main",
               "the benchmark harness; 'attnsuite bench compare BASE CAND' flags regressions"),
-    "report": ("attnsuite.bench.cli", "report_main",
-               "merge benchmark results of several runs or machines into one report"),
+    "report": ("attnsuite.conformance.merge", "report_main",
+               "merge conformance reports of shards or machines (or benchmark results) into one report"),
 }
 EXIT_STATUS = "Exit status: 0 success, 1 a failed check or a regression, 2 a usage error."
 

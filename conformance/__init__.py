@@ -10,5 +10,5 @@
   worker processes (``worker`` their end), restarted past a crash or a time-out;
 - ``report``: conformance.json/.md/.html and JUnit XML, written atomically;
 - ``weights``: the ``--weights`` file format; ``xfails``: the ``--xfails`` file format;
-- ``cli``: ``attnsuite check``; ``conftest.py`` + ``test_conformance.py``: the pytest face.
+- ``cli``: ``attnsuite check``; ``pytest_plugin``: the pytest face (``pytest --attnsuite-impl``).
 """

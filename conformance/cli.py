@@ -4,7 +4,7 @@
                     [--device cpu|gpu] [--report DIR] [--junit-xml FILE] [--weights FILE]
                     [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N]
                     [--generated N] [--min-coverage P] [--no-diagnose] [--jobs N]
-                    [--timeout SECONDS] [--traceback] [-q]
+                    [--timeout SECONDS] [--shard K/N] [--traceback] [-q]
 
 IMPL is a registered name (``attnsuite list``) or ``FRAMEWORK:module.path:factory``
 (the module is found from the current directory, as with ``python -m``). All the
@@ -30,6 +30,7 @@ from pathlib import Path
 from attnsuite import sanitize
 from attnsuite.conformance.cases import DTYPES, PROFILES
 from attnsuite.conformance.pool import DEFAULT_TIMEOUT
+from attnsuite.conformance.shards import parse_shard
 from attnsuite.impls.registry import find_entry
 from attnsuite.options import int_in
 from attnsuite.processes import exit_status, interrupt_on_sigterm
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"time one implementation may take on one case, then it is an error and "
                         f"its process is killed (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--shard", type=parse_shard, metavar="K/N",
+                   help="judge only shard K of N of the cases (balanced, the same on every machine); "
+                        "'attnsuite report DIR...' merges the shards' --report folders")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the verdict only")
     return p
 
@@ -238,7 +242,7 @@ def _run(args) -> int:
                         strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
                         isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
                         timeout=args.timeout, min_coverage=args.min_coverage,
-                        generated=args.generated, diagnose=not args.no_diagnose)
+                        generated=args.generated, diagnose=not args.no_diagnose, shard=args.shard)
     except ValueError as exc:
         print(f"attnsuite check: error: {sanitize.terminal(str(exc))}", file=sys.stderr)
         return 2
@@ -261,7 +265,8 @@ def _run(args) -> int:
     verdict = "PASS" if run.ok else "FAIL"
     if run.interrupted:
         verdict = f"INTERRUPTED ({run.interrupted}), so FAIL"
+    shard = f"shard {args.shard[0]}/{args.shard[1]}, " if args.shard else ""
     print(f"{verdict}: {sum(i.verdict == 'pass' for i in run.implementations)} of "
           f"{len(run.implementations)} implementations pass ({len(run.cases)} cases, "
-          f"profile {args.profile})")
+          f"{shard}profile {args.profile})")
     return run.exit_code

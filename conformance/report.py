@@ -67,6 +67,7 @@ def to_json(run: RunResult) -> dict:
         "environment": run.environment,
         "warnings": run.warnings,
         "interrupted": run.interrupted,
+        "shard": run.shard,
         "ok": run.ok,
     })
 
@@ -173,6 +174,7 @@ def _environment_lines(env: dict) -> list[str]:
     source = (f"{weights['path']} (sha256 {weights['sha256'][:12]})" if weights
               else "generated per case")
     return [
+        *[_input_line(entry) for entry in env.get("inputs", [])],   # attnsuite report: each input's machine
         f"- suite: attnsuite {suite.get('version')} at commit {commit}{dirty}",
         f"- profile {env.get('profile')}, {env.get('cases')} cases, seed {env.get('seed')}, "
         f"device {env.get('device')}, dtypes {env.get('dtypes') or 'all of the profile'}, "
@@ -181,6 +183,15 @@ def _environment_lines(env: dict) -> list[str]:
         f"- frameworks: {frameworks}",
         f"- python {env.get('python')} on {env.get('platform')}, {env.get('time')}",
     ]
+
+
+def _input_line(env: dict) -> str:
+    shard = f" (shard {env['shard']})" if env.get("shard") else ""
+    frameworks = ", ".join(f"{k} {v}" for k, v in env.get("frameworks", {}).items())
+    commit = (env.get("suite") or {}).get("commit") or "unknown"
+    return (f"- merged from {env.get('source')}{shard}: device {env.get('device')}, python "
+            f"{env.get('python')} on {env.get('platform')} ({env.get('cpu_count')} CPUs), "
+            f"attnsuite at commit {commit}, {env.get('time')}; frameworks: {frameworks}")
 
 
 def coverage_rows(run: RunResult) -> tuple[list[str], list[list[str]]]:

@@ -61,6 +61,7 @@ class RunResult:
     environment: dict
     warnings: list[str] = dataclasses.field(default_factory=list)
     interrupted: str | None = None          # the signal that ended the run early ("SIGINT", "SIGTERM")
+    shard: dict | None = None               # --shard K/N: index, count, positions, cases_total, selection
 
     @property
     def ok(self) -> bool:

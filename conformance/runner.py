@@ -30,6 +30,7 @@ from attnsuite.conformance.checks import Options
 from attnsuite.conformance.coverage import LOW_COVERAGE
 from attnsuite.conformance.judging import judge_in_process
 from attnsuite.conformance.pool import DEFAULT_TIMEOUT, judge_isolated
+from attnsuite.conformance.shards import shard_positions
 from attnsuite.conformance.results import FAILING, ImplResult, RunResult  # noqa: F401 (the API's names)
 from attnsuite.conformance.weights import load_weights
 from attnsuite.conformance.xfails import Xfails
@@ -74,7 +75,7 @@ def select_cases(profile: str = "quick", dtypes: Iterable[str] | None = None, ca
 # The run.
 
 def environment(*, profile, dtypes, device, seed, strict_fully_masked, weights_path,
-                weights_spec, cases) -> dict:
+                weights_spec, cases, min_coverage=None) -> dict:
     packages = suite_environment.versions()
     weights = None
     if weights_path is not None:
@@ -91,6 +92,7 @@ def environment(*, profile, dtypes, device, seed, strict_fully_masked, weights_p
         "seed": seed,
         "strict_fully_masked": strict_fully_masked,
         "weights": weights,
+        "min_coverage": min_coverage,
         "cases": len(cases),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -132,7 +134,7 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
           isolate: bool = False, progress: bool = False, seed: int = 0,
           jobs: int | None = None, timeout: float = DEFAULT_TIMEOUT,
           min_coverage: float | None = None, generated: int = 0,
-          diagnose: bool = True) -> RunResult:
+          diagnose: bool = True, shard: tuple[int, int] | None = None) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights_path``: a ``--weights`` file (see conformance.weights). ``xfails``: a path,
@@ -140,7 +142,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     (enforced with ``isolate=True``). ``min_coverage``: a share of the checks (0 to 1) that
     an implementation must be judged on to pass (conformance.coverage). ``generated``: that
     many generated cases besides the profile's. ``diagnose``: name the likely bug of each
-    failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py). Usage
+    failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py).
+    ``shard``: (K, N), judge only shard K of N of the cases (conformance/shards.py). Usage
     errors (unknown profile, dtype, case, unreadable weights or xfails file) raise
     ValueError before anything runs.
     """
@@ -149,12 +152,23 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     trained_weights = load_weights(weights_path) if weights_path is not None else None
     weights_spec = trained_weights[0] if trained_weights is not None else None
     cases = select_cases(profile, dtypes, case_filter, seed, weights_spec, generated)
+    shard_info = None
+    if shard is not None:
+        index, count = shard
+        if count > len(cases):
+            raise ValueError(f"--shard {index}/{count}: the run has only {len(cases)} cases")
+        positions = shard_positions(cases, index, count)
+        # The whole selection's digest: shards of runs that chose other cases never merge.
+        selection = hashlib.sha256("\n".join(c.id for c in cases).encode()).hexdigest()[:16]
+        shard_info = {"index": index, "count": count, "positions": positions, "cases_total": len(cases),
+                      "selection": selection}
+        cases = [cases[p] for p in positions]
     xfail_list = Xfails.coerce(xfails)
     options = Options(device, strict_fully_masked, None if weights_path is None else str(weights_path), seed,
                       diagnose)
     env = environment(profile=profile, dtypes=dtypes, device=device, seed=seed,
                       strict_fully_masked=strict_fully_masked, weights_path=weights_path,
-                      weights_spec=weights_spec, cases=cases)
+                      weights_spec=weights_spec, cases=cases, min_coverage=min_coverage)
 
     results = [ImplResult(name) for name in names]
     for impl in results:
@@ -201,8 +215,16 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
         if interrupted and done < len(cases) and impl.verdict == "pass":
             impl.verdict = "untested"
             impl.reason = f"the run was interrupted ({interrupted}) after {done} of {len(cases)} cases"
+        warnings += low_coverage_warnings([impl])
+    return RunResult(results, list(cases), env, warnings, interrupted, shard_info)
+
+
+def low_coverage_warnings(implementations: Iterable) -> list[str]:
+    """A warning for each passing implementation judged on less than LOW_COVERAGE."""
+    warnings = []
+    for impl in implementations:
         judged = impl.coverage()
         if impl.verdict == "pass" and judged.share < LOW_COVERAGE:
             warnings.append(f"{impl.name} passed, but on only {judged.describe()} "
                             f"(--min-coverage to require more)")
-    return RunResult(results, list(cases), env, warnings, interrupted)
+    return warnings
