@@ -20,7 +20,7 @@ from __future__ import annotations
 import html as _html
 import re
 
-# How many failures each medium shows in full before it says "N more".
+# How many failures (and XPASSes) each medium shows in full before it says "N more".
 SHOWN_FAILURES_TERMINAL = 5
 SHOWN_FAILURES_REPORT = 20
 # A stored message is kept whole up to this many characters (a plug-in could raise with megabytes).
@@ -29,6 +29,8 @@ MESSAGE_CHARS = 20_000
 SUMMARY_CHARS = 200
 # What a progress bar says it is doing.
 PROGRESS_CHARS = 60
+# Off a terminal (a CI log), a progress line every this many implementation x case steps.
+PROGRESS_EVERY = 25
 # Lines of a message the terminal shows without --traceback.
 TERMINAL_MESSAGE_LINES = 12
 

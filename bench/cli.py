@@ -59,7 +59,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _bench_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="attnsuite bench", description="Time implementations over a sweep of shapes.")
+    p = _Parser(prog="attnsuite bench", description="Time implementations over a sweep of shapes.",
+                epilog="attnsuite bench compare BASE CAND [--threshold 0.1]: is CAND slower than BASE, "
+                       "point by point, with a test of significance (attnsuite bench compare --help)")
     p.add_argument("impls", nargs="+", metavar="IMPL")
     p.add_argument("--sweep", choices=SWEEPS, default="quick")
     p.add_argument("--dtype", nargs="+", choices=DTYPES, help="override the sweep's dtypes")

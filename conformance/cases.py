@@ -34,6 +34,7 @@ from attnsuite.impls.spec import AttentionSpec
 from attnsuite.impls.weights import check_weights
 
 PROFILES = ("quick", "default", "full")
+DEFAULT_PROFILE = "quick"        # what `attnsuite check` runs unless told
 MASK_KINDS = ("none", "all_visible", "batch", "head", "key_padding", "random", "2d",
               "fully_masked_rows")
 BIAS_KINDS = ("random", "alibi", "2d")

@@ -57,6 +57,9 @@ class CheckResult:
     tags: tuple[str, ...]
     ratio: float | None = None      # worst error / bound, for numeric checks
     detail: dict = dataclasses.field(default_factory=dict)  # worst element, behaviour, ...
+    # Its share of the time its case took: a case's checks are judged together, so the runner
+    # splits the case's time evenly among them (None until the case is done).
+    seconds: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -2,7 +2,7 @@
 
     attnsuite check IMPL [IMPL ...] [--profile quick|default|full] [--dtype D[,D]]
                     [--device cpu|gpu] [--report DIR] [--junit-xml FILE] [--weights FILE]
-                    [--xfails FILE] [--strict-fully-masked] [--case ID] [--seed N]
+                    [--xfails FILE] [--xfail-strict] [--strict-fully-masked] [--case ID] [--seed N]
                     [--generated N] [--min-coverage P] [--no-diagnose] [--jobs N]
                     [--timeout SECONDS] [--shard K/N] [--traceback] [-q]
 
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from attnsuite import sanitize
-from attnsuite.conformance.cases import DTYPES, PROFILES
+from attnsuite.conformance.cases import DEFAULT_PROFILE, DTYPES, PROFILES
 from attnsuite.conformance.pool import DEFAULT_TIMEOUT
 from attnsuite.conformance.shards import parse_shard
 from attnsuite.impls.registry import find_entry
@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="\n\n".join(paragraphs[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("impls", nargs="+", metavar="IMPL",
                    help="registered name or FRAMEWORK:module.path:factory")
-    p.add_argument("--profile", choices=PROFILES, default="quick",
-                   help="quick (seconds), default (every feature), full (every dtype, larger shapes)")
+    p.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                   help=f"quick (seconds), default (every feature), full (every dtype, larger "
+                        f"shapes); without --profile: {DEFAULT_PROFILE}")
     p.add_argument("--dtype", type=_dtypes, action="append", metavar="D[,D]",
                    help=f"only these dtypes ({', '.join(DTYPES)}); repeatable")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -113,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trained weights (.npz or .safetensors with a spec; see conformance/weights.py)")
     p.add_argument("--xfails", metavar="FILE",
                    help="expected failures: lines 'PATTERN  # reason', PATTERN an fnmatch "
-                        "over IMPL::CASE_ID::CHECK")
+                        "over IMPL::CASE_ID (the whole case) or IMPL::CASE_ID::CHECK")
+    p.add_argument("--xfail-strict", action="store_true",
+                   help="an xfail pattern whose check or case passes (XPASS) fails the run "
+                        "(also: a line 'xfail_strict = true' in the xfails file)")
     p.add_argument("--strict-fully-masked", action="store_true",
                    help="rows with no visible key must follow the spec (zeros), or fail")
     p.add_argument("--case", action="append", metavar="ID",
@@ -169,14 +173,14 @@ def _with_traceback(result, full: bool) -> str:
 
 def _summary_lines(run, quiet: bool, full: bool = False) -> list[str]:
     from attnsuite.conformance.diagnosis import cause_lines
+    from attnsuite.conformance.results import worst_ratio
 
     lines = []
     width = max(len(impl.name) for impl in run.implementations)
     for impl in run.implementations:
         counts = impl.counts()
         shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing judged"
-        worst = max((r.ratio for r in impl.results if r.ratio is not None and r.status != "unsupported"),
-                    default=None)
+        worst = worst_ratio(impl.results)
         worst_text = f", worst ratio {worst:.3g}" if worst is not None else ""
         if not quiet or impl.verdict != "pass":
             lines.append(f"{impl.verdict.upper():5} {impl.name:{width}}  {shown}{worst_text}, "
@@ -191,10 +195,13 @@ def _summary_lines(run, quiet: bool, full: bool = False) -> list[str]:
         if len(failures) > SHOWN_FAILURES:
             lines += ["", f"{impl.name}: {len(failures) - SHOWN_FAILURES} more failures "
                       f"(--report DIR for all of them)"]
+        xpasses = [r for r in impl.results if r.status == "xpass"]
         if not quiet:
-            for r in impl.results:
-                if r.status == "xpass":
-                    lines += ["", _shown(r.message, full)]
+            for r in xpasses[:SHOWN_FAILURES]:
+                lines += ["", _shown(r.message, full)]
+            if len(xpasses) > SHOWN_FAILURES:
+                lines += ["", f"{impl.name}: and {len(xpasses) - SHOWN_FAILURES} more XPASS "
+                          f"(--report DIR for all of them)"]
     return lines
 
 
@@ -229,12 +236,23 @@ def main(argv: list[str] | None = None) -> int:
             lock.release()
 
 
+def _first_line(args) -> str:
+    """What the run is: its profile (saying so when it is the default one) and its scope."""
+    profile = args.profile
+    if profile == DEFAULT_PROFILE:
+        profile += " (the default; --profile default for every feature)"
+    return (f"attnsuite check: {len(args.impls)} implementation{'s' * (len(args.impls) != 1)}, "
+            f"profile {profile}, device {args.device}, seed {args.seed}")
+
+
 def _run(args) -> int:
     from attnsuite.conformance import report
     from attnsuite.conformance.runner import check
 
     dtypes = [d for group in args.dtype for d in group] if args.dtype else None
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = None if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+    if not args.quiet:
+        print(_first_line(args), flush=True)
     try:
         with interrupt_on_sigterm():
             run = check(args.impls, profile=args.profile, dtypes=dtypes, device=args.device,
@@ -242,7 +260,8 @@ def _run(args) -> int:
                         strict_fully_masked=args.strict_fully_masked, case_filter=args.case,
                         isolate=True, progress=progress, seed=args.seed, jobs=args.jobs,
                         timeout=args.timeout, min_coverage=args.min_coverage,
-                        generated=args.generated, diagnose=not args.no_diagnose, shard=args.shard)
+                        generated=args.generated, diagnose=not args.no_diagnose, shard=args.shard,
+                        xfail_strict=args.xfail_strict)
     except ValueError as exc:
         print(f"attnsuite check: error: {sanitize.terminal(str(exc))}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from attnsuite.impls.calling import FORMS
 
 REPORT_NAME = "conformance.json"
 # What makes two shards parts of one run (besides the implementations and the shard count).
-RUN_KEYS = ("profile", "device", "dtypes", "seed", "strict_fully_masked", "min_coverage")
+RUN_KEYS = ("profile", "device", "dtypes", "seed", "strict_fully_masked", "min_coverage", "xfail_strict")
 SHARD_KEYS = ("index", "count", "positions", "cases_total", "selection")    # runner.check's
 
 

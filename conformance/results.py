@@ -10,6 +10,12 @@ from attnsuite.conformance.checks import FAILING, CheckResult
 from attnsuite.conformance.coverage import Coverage, coverage
 
 
+def worst_ratio(results) -> float | None:
+    """The worst error ratio of the judged checks, expected failures (xfail) left out."""
+    return max((r.ratio for r in results if r.ratio is not None and r.status not in ("unsupported", "xfail")),
+               default=None)
+
+
 @dataclasses.dataclass
 class ImplResult:
     name: str                               # as given

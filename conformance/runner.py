@@ -19,11 +19,10 @@ from __future__ import annotations
 import datetime
 import fnmatch
 import hashlib
-import time
+import socket
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from attnsuite import sanitize
 from attnsuite import environment as suite_environment
 from attnsuite.conformance.cases import Case, catalog, find_case, generated_cases
 from attnsuite.conformance.checks import Options
@@ -31,6 +30,7 @@ from attnsuite.conformance.coverage import LOW_COVERAGE
 from attnsuite.conformance.judging import judge_in_process
 from attnsuite.conformance.pool import DEFAULT_TIMEOUT, judge_isolated
 from attnsuite.conformance.shards import shard_positions
+from attnsuite.conformance.progress import Progress
 from attnsuite.conformance.results import FAILING, ImplResult, RunResult  # noqa: F401 (the API's names)
 from attnsuite.conformance.weights import load_weights
 from attnsuite.conformance.xfails import Xfails
@@ -75,7 +75,7 @@ def select_cases(profile: str = "quick", dtypes: Iterable[str] | None = None, ca
 # The run.
 
 def environment(*, profile, dtypes, device, seed, strict_fully_masked, weights_path,
-                weights_spec, cases, min_coverage=None) -> dict:
+                weights_spec, cases, min_coverage=None, xfail_strict=False) -> dict:
     packages = suite_environment.versions()
     weights = None
     if weights_path is not None:
@@ -86,6 +86,7 @@ def environment(*, profile, dtypes, device, seed, strict_fully_masked, weights_p
                   **suite_environment.git_commit()},
         "frameworks": packages,
         **suite_environment.platform_info(),
+        "hostname": socket.gethostname(),
         "device": device,
         "profile": profile,
         "dtypes": list(dtypes) if dtypes else None,
@@ -93,48 +94,34 @@ def environment(*, profile, dtypes, device, seed, strict_fully_masked, weights_p
         "strict_fully_masked": strict_fully_masked,
         "weights": weights,
         "min_coverage": min_coverage,
+        "xfail_strict": xfail_strict,
         "cases": len(cases),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-class _Progress:
-    """A rich progress bar on stderr, shown only once a run has lasted a few seconds."""
+def _case_done(impl: ImplResult, pending: list, xfails: Xfails, seconds: float | None = None) -> None:
+    """Move the checks of a case into ``impl``: each with an even share of the case's time
+    (its checks are judged together), the expected failures applied to the case as a whole."""
+    for r in pending:
+        r.seconds = None if seconds is None else seconds / len(pending)
+    impl.results += xfails.apply_case(impl.name, pending)
+    pending.clear()
 
-    def __init__(self, enabled: bool, total: int, delay: float = 2.0):
-        self.enabled, self.total, self.delay = enabled, total, delay
-        self.start, self.done, self.bar, self.task = time.monotonic(), 0, None, None
 
-    def advance(self, text: str | None, steps: int = 1) -> None:
-        """Count ``steps`` done; ``text`` (when given) says what runs now."""
-        self.done += steps
-        if not self.enabled:
-            return
-        if self.bar is None and time.monotonic() - self.start > self.delay:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("starting the frameworks", total=self.total)
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.done)
-            if text:
-                self.bar.update(self.task, description=sanitize.one_line(text, sanitize.PROGRESS_CHARS))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+def _done_summary(impl: ImplResult, cases: int) -> str:
+    failing = sum(r.status in FAILING for r in impl.results)
+    return f"{cases} cases, {failing} failing checks ({impl.seconds:.1f}s judging)"
 
 
 def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | None = None,
           device: str = "cpu", weights_path=None, xfails=None, strict_fully_masked: bool = False,
           case_filter: str | Sequence[str] | Callable[[Case], bool] | None = None,
-          isolate: bool = False, progress: bool = False, seed: int = 0,
+          isolate: bool = False, progress: bool | str = False, seed: int = 0,
           jobs: int | None = None, timeout: float = DEFAULT_TIMEOUT,
           min_coverage: float | None = None, generated: int = 0,
-          diagnose: bool = True, shard: tuple[int, int] | None = None) -> RunResult:
+          diagnose: bool = True, shard: tuple[int, int] | None = None,
+          xfail_strict: bool = False) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights_path``: a ``--weights`` file (see conformance.weights). ``xfails``: a path,
@@ -143,7 +130,9 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     an implementation must be judged on to pass (conformance.coverage). ``generated``: that
     many generated cases besides the profile's. ``diagnose``: name the likely bug of each
     failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py).
-    ``shard``: (K, N), judge only shard K of N of the cases (conformance/shards.py). Usage
+    ``shard``: (K, N), judge only shard K of N of the cases (conformance/shards.py).
+    ``progress``: "bar" (or True), "lines" (for a log), or False (conformance.progress).
+    ``xfail_strict``: an unexpected pass of an xfail pattern fails (conformance/xfails.py). Usage
     errors (unknown profile, dtype, case, unreadable weights or xfails file) raise
     ValueError before anything runs.
     """
@@ -163,12 +152,13 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
         shard_info = {"index": index, "count": count, "positions": positions, "cases_total": len(cases),
                       "selection": selection}
         cases = [cases[p] for p in positions]
-    xfail_list = Xfails.coerce(xfails)
+    xfail_list = Xfails.coerce(xfails, xfail_strict)
     options = Options(device, strict_fully_masked, None if weights_path is None else str(weights_path), seed,
                       diagnose)
     env = environment(profile=profile, dtypes=dtypes, device=device, seed=seed,
                       strict_fully_masked=strict_fully_masked, weights_path=weights_path,
-                      weights_spec=weights_spec, cases=cases, min_coverage=min_coverage)
+                      weights_spec=weights_spec, cases=cases, min_coverage=min_coverage,
+                      xfail_strict=xfail_list.strict)
 
     results = [ImplResult(name) for name in names]
     for impl in results:
@@ -182,8 +172,9 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     else:
         events = judge_in_process(names, cases, options, trained_weights)
 
-    bar = _Progress(progress, len(names) * len(cases))
+    bar = Progress("bar" if progress is True else (progress or None), len(names) * len(cases))
     finished_cases = [0] * len(names)
+    pending = [[] for _ in names]       # the results of each one's case in progress
     interrupted = None
     try:
         for event, index, payload in events:
@@ -193,23 +184,31 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
                 if payload is not None:
                     results[index].reason = payload
                     bar.advance(f"{names[index]}: {payload}", len(cases))
+                    bar.finished(names[index], f"error: {payload}")
             elif event == "result":
-                results[index].results.append(xfail_list.apply(names[index], payload))
+                pending[index].append(payload)
             elif event == "case_done":
                 finished_cases[index] += 1
                 results[index].seconds += payload["seconds"]
+                _case_done(results[index], pending[index], xfail_list, payload["seconds"])
                 bar.advance(f"{names[index]} {payload['case']}")
+                if finished_cases[index] == len(cases):
+                    bar.finished(names[index], _done_summary(results[index], len(cases)))
             elif event == "diagnosis":
                 results[index].diagnosis = payload
             elif event == "lost":
                 results[index].reason = payload
+                _case_done(results[index], pending[index], xfail_list)
                 bar.advance(f"{names[index]}: {payload}", len(cases) - finished_cases[index])
+                bar.finished(names[index], f"error: {payload}")
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the workers are gone; keep what was judged
         interrupted = interrupt_signal(exc).name
     finally:
         events.close()
         bar.close()
-    warnings = xfail_list.unmatched()
+        for impl, unfinished in zip(results, pending):   # a case cut short by a dead worker
+            _case_done(impl, unfinished, xfail_list)
+    warnings = xfail_list.unmatched(names)
     for impl, done in zip(results, finished_cases):
         impl.finish(min_coverage)
         if interrupted and done < len(cases) and impl.verdict == "pass":

@@ -2,15 +2,18 @@
 spec features its factory accepts.
 
 Features are probed by calling each factory on a small spec per feature: a factory that
-raises ``Unsupported`` does not support it. Probing imports the framework, so each group
-of implementations that shares a process key (framework + environment, e.g. Keras's
-backend) is probed in a subprocess of its own.
+raises ``Unsupported`` does not support it (the table's --wide form says why). Probing
+imports the framework, so the implementations are probed in one subprocess per framework
+(``probe_groups``), all at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import io
 import json
+import shutil
 import sys
 
 from attnsuite.impls.backends import framework_status
@@ -20,6 +23,8 @@ from attnsuite.impls.registry import all_entries, find_entry, load_factory
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.processes import Exit, Worker, exit_status, interrupt_on_sigterm, worker_channel, worker_env
 
+NARROW_WIDTH = 100      # the default table fits this many columns
+WIDE_WIDTH = 200        # --wide, off a terminal
 _BASE = dict(d_model=16, num_heads=4)
 FEATURE_PROBES: dict[str, dict] = {
     "mha": {},
@@ -56,11 +61,32 @@ def probe(entry: Entry) -> dict:
     return {"status": "ok", "reason": None, "features": features}
 
 
-def _probe_group(entries: list[Entry]) -> dict[str, dict]:
-    """Probe entries that share a process key in one worker with their environment."""
+def probe_groups(entries: list[Entry]) -> list[tuple[dict[str, str], list[Entry]]]:
+    """(environment, entries) per probing process: one per framework, so that each framework
+    is imported once, where its entries agree on the environment (an entry that asks for
+    none, e.g. ``torch.fused``, takes Keras's backend setting as well); else one per process
+    key, as the gate runs them."""
+    by_framework: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_framework.setdefault(entry.framework, []).append(entry)
+    groups = []
+    for members in by_framework.values():
+        envs = {entry.env for entry in members if entry.env}
+        if len(envs) <= 1:
+            groups.append((dict(next(iter(envs), ())), members))
+            continue
+        by_key: dict[tuple, list[Entry]] = {}
+        for entry in members:
+            by_key.setdefault(entry.process_key, []).append(entry)
+        groups += [(dict(key[1]), group) for key, group in by_key.items()]
+    return groups
+
+
+def _probe_group(env: dict[str, str], entries: list[Entry], started: list) -> dict[str, dict]:
+    """Probe ``entries`` in one worker with ``env`` (added to ``started`` while it runs)."""
     job = {"names": [e.name for e in entries]}
-    with Worker("attnsuite.impls.listing", job, worker_env(dict(entries[0].env)),
-                args=("--probe",)) as worker:
+    with Worker("attnsuite.impls.listing", job, worker_env(env), args=("--probe",)) as worker:
+        started.append(worker)
         answer = worker.receive()
         if not isinstance(answer, Exit):
             return answer
@@ -69,35 +95,69 @@ def _probe_group(entries: list[Entry]) -> dict[str, dict]:
 
 
 def collect(entries: list[Entry]) -> dict[str, dict]:
+    """Every entry's probe; the groups (``probe_groups``) probed in parallel, each in its
+    own worker, so that the frameworks' imports overlap instead of adding up."""
     results: dict[str, dict] = {}
-    groups: dict[tuple, list[Entry]] = {}
+    available = []
     for entry in entries:
-        available, reason = framework_status(entry.framework)
-        if available:
-            groups.setdefault(entry.process_key, []).append(entry)
+        ok, reason = framework_status(entry.framework)
+        if ok:
+            available.append(entry)
         else:
             results[entry.name] = {"status": "unavailable", "reason": reason, "features": {}}
-    for group in groups.values():
-        results.update(_probe_group(group))
-    return results
+    groups = probe_groups(available)
+    if groups:
+        started: list[Worker] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            try:
+                for probed in pool.map(lambda group: _probe_group(*group, started), groups):
+                    results.update(probed)
+            except BaseException:   # Ctrl-C, SIGTERM: no worker outlives the listing
+                for worker in started:
+                    worker.kill()
+                raise
+    return {entry.name: results[entry.name] for entry in entries}
 
 
-def _print_table(entries: list[Entry], results: dict[str, dict]) -> None:
+def _status(result: dict) -> str:
+    """One cell: whether it runs here, and how many of the probed features it supports."""
+    if result["status"] != "ok":
+        return f"no: {result['reason']}"
+    features = result["features"]
+    supported = sum(ok is True for ok in features.values())
+    if supported == len(features):
+        return f"yes, every feature ({supported})"
+    return f"yes, {supported} of {len(features)} features"
+
+
+def _why_not(features: dict) -> str:
+    return "; ".join(f"{f}: {why}" for f, why in features.items() if why is not True)
+
+
+def table_text(entries: list[Entry], results: dict[str, dict], wide: bool = False,
+               width: int = NARROW_WIDTH) -> str:
+    """The table as text, ``width`` columns at most: name, framework, kind and status; with
+    ``wide``, also the features supported and, for the others, why not."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="attnsuite implementations", show_lines=False)
-    for column in ("name", "framework", "kind", "available", "supports", "not supported"):
+    table = Table(title="attnsuite implementations", show_lines=wide)
+    columns = ["name", "framework", "kind", "status"] + (["supports", "not supported (why)"] if wide else [])
+    for column in columns:
         table.add_column(column, overflow="fold")
     for entry in entries:
         result = results[entry.name]
-        features = result["features"]
-        supported = [f for f, ok in features.items() if ok is True]
-        missing = [f for f, ok in features.items() if ok is not True]
-        available = "yes" if result["status"] == "ok" else f"no: {result['reason']}"
-        table.add_row(entry.name, entry.framework, entry.kind, available,
-                      ", ".join(supported), ", ".join(missing))
-    Console(width=200).print(table)
+        row = [entry.name, entry.framework, entry.kind, _status(result)]
+        if wide:
+            features = result["features"]
+            row += [", ".join(f for f, ok in features.items() if ok is True), _why_not(features)]
+        table.add_row(*(Text(cell) for cell in row))   # Text: no markup ("[torch]" stays)
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(table)
+    if not wide:
+        console.print(Text("attnsuite list --wide: the features each supports, and why not the others"))
+    return console.file.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="implementations to list (default: all registered)")
     parser.add_argument("--broken", action="store_true", help="include the catalog of broken implementations")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--wide", action="store_true",
+                        help="every column: the features each supports, and why not the others")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # internal: a worker
     args = parser.parse_args(argv)
     if args.probe:
@@ -116,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as exc:
         print(f"attnsuite list: {exc}", file=sys.stderr)
         return 2
+    frameworks = sorted({e.framework for e in entries if framework_status(e.framework)[0]})
+    print(f"attnsuite list: probing {len(entries)} implementations, one process per framework "
+          f"({', '.join(frameworks)}), in parallel", file=sys.stderr, flush=True)
     try:
         with interrupt_on_sigterm():    # the probing workers end with this process
             results = collect(entries)
@@ -125,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        _print_table(entries, results)
+        terminal = shutil.get_terminal_size(fallback=(0, 0)).columns if sys.stdout.isatty() else 0
+        width = (terminal or WIDE_WIDTH) if args.wide else min(terminal or NARROW_WIDTH, NARROW_WIDTH)
+        sys.stdout.write(table_text(entries, results, args.wide, width))
     return 0
 
 

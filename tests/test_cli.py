@@ -42,3 +42,18 @@ def test_a_usage_error_exits_2(argv, capsys):
 def test_a_subcommand_gets_its_own_arguments(capsys):
     assert main(["check", "--help"]) == 0
     assert "usage: attnsuite check" in capsys.readouterr().out
+
+
+def test_bench_help_shows_bench_compare():
+    done = _run("bench", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "attnsuite bench compare BASE CAND" in done.stdout
+    compare = _run("bench", "compare", "--help")
+    assert compare.returncode == 0 and "--threshold" in compare.stdout and "--interleaved" in compare.stdout
+
+
+def test_check_help_names_the_default_profile():
+    from attnsuite.conformance.cases import DEFAULT_PROFILE
+    done = _run("check", "--help")
+    assert done.returncode == 0, done.stderr
+    assert f"without --profile: {DEFAULT_PROFILE}" in " ".join(done.stdout.split())

@@ -31,7 +31,8 @@ DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # The distribution a user installs for each framework (the suite's extras).
 _MODULES = {"numpy": "numpy", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
-_EXTRAS = {"numpy": "", "torch": "[torch]", "tensorflow": "[tensorflow]", "jax": "[jax]"}
+_INSTALL = {"numpy": "pip install attnsuite", "torch": "pip install 'attnsuite[torch]'",
+            "tensorflow": "pip install 'attnsuite[tensorflow]'", "jax": "pip install 'attnsuite[jax]'"}
 
 
 def framework_status(framework: str) -> tuple[bool, str]:
@@ -39,8 +40,7 @@ def framework_status(framework: str) -> tuple[bool, str]:
     if framework not in _MODULES:
         return False, f"unknown framework {framework!r}; one of {', '.join(FRAMEWORKS)}"
     if importlib.util.find_spec(_MODULES[framework]) is None:
-        return False, (f"{_MODULES[framework]} is not installed "
-                       f"(pip install -e '.{_EXTRAS[framework]}')")
+        return False, f"{_MODULES[framework]} is not installed ({_INSTALL[framework]})"
     return True, "installed"
 
 
