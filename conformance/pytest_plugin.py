@@ -1,7 +1,8 @@
 """The pytest face of the gate, a plugin registered through the ``pytest11`` entry point:
 
     pytest --attnsuite-impl torch:mypkg.attention:make --attnsuite-profile quick \\
-           [--attnsuite-xfails FILE] [--attnsuite-report DIR] [--junit-xml FILE]
+           [--attnsuite-xfails FILE] [--attnsuite-xfail-strict] [--attnsuite-report DIR]
+           [--junit-xml FILE]
 
 collects one test per implementation x case x check, and one ``IMPL::verdict`` test per
 implementation (the gate's verdict: an implementation that errors, or is judged on
@@ -10,8 +11,8 @@ worker processes with the same judging, xfails and coverage, and ``--attnsuite-r
 writes the same conformance.json/.md/.html. The judging runs once, at collection (the
 checks an implementation gets depend on the call forms it takes, known only once it is
 loaded), so ``--collect-only`` judges too; each test then reports its check's result:
-pass, fail with the gate's message, skip (unsupported), xfail, or XPASS (never strict,
-as in ``attnsuite check``).
+pass, fail with the gate's message, skip (unsupported), xfail, or XPASS (a failure with
+``--attnsuite-xfail-strict``, as ``attnsuite check --xfail-strict``).
 
 Without ``--attnsuite-impl`` the plugin does nothing: it is loaded in every pytest
 session of whoever installed attnsuite, so this module imports only pytest until then.
@@ -38,6 +39,8 @@ def pytest_addoption(parser):
                     help="only this case id or fnmatch pattern; repeatable")
     group.addoption("--attnsuite-xfails", metavar="FILE",
                     help="expected failures: lines 'PATTERN  # reason' over IMPL::CASE_ID::CHECK")
+    group.addoption("--attnsuite-xfail-strict", action="store_true",
+                    help="an unexpected pass of an xfail pattern fails (as pytest's xfail_strict)")
     group.addoption("--attnsuite-report", metavar="DIR",
                     help="write DIR/conformance.json, .md and .html")
     group.addoption("--attnsuite-device", default="cpu", choices=("cpu", "gpu"))
@@ -59,6 +62,7 @@ class _Gate:
         self.kwargs = dict(profile=option("--attnsuite-profile"), dtypes=dtypes or None,
                            device=option("--attnsuite-device"), seed=option("--attnsuite-seed"),
                            case_filter=option("--attnsuite-case"), xfails=option("--attnsuite-xfails"),
+                           xfail_strict=option("--attnsuite-xfail-strict"),
                            weights_path=option("--attnsuite-weights"),
                            generated=option("--attnsuite-generated"))
         self.report_dir = option("--attnsuite-report")
@@ -80,7 +84,7 @@ class _Gate:
                 find_entry(name)
             spec = load_weights(k["weights_path"])[0] if k["weights_path"] else None
             select_cases(k["profile"], k["dtypes"], k["case_filter"], k["seed"], spec, k["generated"])
-            k["xfails"] = Xfails.coerce(k["xfails"])
+            k["xfails"] = Xfails.coerce(k["xfails"], k["xfail_strict"])
             if self.report_dir:
                 self.lock = report.ReportLock(self.report_dir).acquire()
         except (ValueError, report.ReportBusy) as exc:

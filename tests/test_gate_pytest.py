@@ -71,6 +71,13 @@ def test_xfails_turn_failures_into_xfail_and_the_verdict_passes(tmp_path):
     assert xpassed == [f"attnsuite::{NAIVE}::mha2-E8-B2-Lq5-Lk5-float64::output"]
     assert got[f"attnsuite::{NAIVE}::verdict"] == "passed"
 
+    strict = _pytest(tmp_path, "-p", RECORDER_MODULE, "--attnsuite-impl", NAIVE, "--attnsuite-xfails",
+                     "xfails.txt", "--attnsuite-case", "*-B2-Lq5-Lk5-*", "--attnsuite-xfail-strict",
+                     env=recorder_env(tmp_path / "recorder", outcomes))
+    assert strict.returncode == 1, strict.stdout[-3000:] + strict.stderr[-3000:]
+    got = gate_outcomes(outcomes)
+    assert got[xpassed[0]] == "failed" and got[f"attnsuite::{NAIVE}::verdict"] == "failed"
+
 
 def test_an_implementation_judged_on_nothing_fails_its_verdict_test(tmp_path):
     outcomes = tmp_path / "outcomes.json"
