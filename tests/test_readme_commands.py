@@ -58,9 +58,13 @@ PLANS: dict[str, Plan] = {
         Plan("help", "my-xfails.txt is a placeholder for the user's file"),
     "attnsuite check torch:mypkg.attention:make_attention --weights trained.npz":
         Plan("help", "mypkg and trained.npz are placeholders for the user's package and weights"),
-    "pytest conformance --impl torch.fused --profile quick --junit-xml out/junit.xml":
-        Plan("not run", "the pytest face of the checkout's conformance/ folder: it runs only "
-                        "inside the checkout (tests/test_gate_pytest.py runs it there)"),
+    "pytest --attnsuite-impl torch:myattention.layer:make --attnsuite-profile quick "
+    "--attnsuite-xfails my-xfails.txt --attnsuite-report out/conformance":
+        Plan("help", "myattention and my-xfails.txt are placeholders for the user's package and file"),
+    "for k in 1 2 3; do attnsuite check torch.fused jax.fused --shard $k/3 --report out/shard$k; done":
+        Plan("slow", "three shards of two implementations, JAX compiling a program per case"),
+    "attnsuite report out/shard1 out/shard2 out/shard3 --out out/conformance --junit-xml out/junit.xml":
+        Plan("slow", "merges the shards the command before it writes"),
     "attnsuite check broken.jax.bottom_right_as_top_left --profile quick -q":
         Plan("slow", "JAX compiles a program per case (about 15 s)", exit=1),
     # Benchmarks: a sweep takes a minute or more, and the others read its results.
@@ -132,7 +136,15 @@ BLOCKS = readme_blocks(README.read_text())
 COMMANDS = [command for block in BLOCKS for command in block]
 
 
+# A command in shell syntax (a loop, a pipe) runs in bash, with attnsuite and pytest
+# standing for this interpreter's, as a plain word does below.
+SHELL_SYNTAX = re.compile(r"[;|&$]|^(for|if|while) ")
+SHELL_PRELUDE = 'attnsuite() { "$PYTHON" -m attnsuite "$@"; }; pytest() { "$PYTHON" -m pytest "$@"; }; '
+
+
 def _argv(command: str) -> list[str]:
+    if SHELL_SYNTAX.search(command):
+        return ["bash", "-c", SHELL_PRELUDE + command]
     words = shlex.split(command)
     if words[0] == "attnsuite":
         return [sys.executable, "-m", "attnsuite", *words[1:]]
@@ -145,7 +157,7 @@ def _env() -> dict[str, str]:
     # The checkout on the path, as an installed attnsuite would be: nothing of the
     # temporary directory's shadows it.
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path}
+    return {**os.environ, "PYTHONPATH": path, "PYTHON": sys.executable}
 
 
 def _run(command: str, cwd: Path, argv: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -159,10 +171,11 @@ def _plan(command: str) -> Plan:
 
 def _subcommand(words: list[str]) -> list[str]:
     """The command's words up to its first argument: ``attnsuite bench compare``."""
-    head = words[:2]
+    if words[0] == "pytest":
+        return words[:1]
     if words[:3] == ["attnsuite", "bench", "compare"]:
-        head = words[:3]
-    return head
+        return words[:3]
+    return words[:2]
 
 
 def test_the_readme_shows_commands_and_every_allowlist_entry_is_one_of_them():
