@@ -1,0 +1,110 @@
+"""RoPE and decoding on our layers and the built-ins that take them (issue 13): every RoPE
+and decode case of the default profile judged by the gate against the oracle, in every
+dtype it runs; the built-ins that have no rotary positions decline those cases, saying so;
+and the shared RoPE step of each framework against the oracle's rotation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnsuite.conformance.cases import catalog
+from attnsuite.conformance.runner import check
+from attnsuite.impls import oracle
+from attnsuite.impls.spec import AttentionSpec as S
+from tests.conftest import require
+
+# Ours in every framework, and the built-ins that are canonical projections + a kernel.
+TAKE_ROPE = ["torch.explicit", "torch.fused", "tensorflow.explicit", "tensorflow.fused",
+             "jax.explicit", "jax.fused", "torch.sdpa", "jax.nn.dot_product_attention"]
+DECODE = TAKE_ROPE[:6]   # ours; the two built-ins declare no decoding
+# One per adapter module that has no rotary positions (keras' check is the same on each backend).
+DECLINE_ROPE = ["torch.nn.MultiheadAttention", "keras.tensorflow.MultiHeadAttention",
+                "flax.linen.MultiHeadDotProductAttention", "flax.nnx.MultiHeadAttention",
+                "equinox.nn.MultiheadAttention", "haiku.MultiHeadAttention",
+                "transformers.BertSelfAttention.sdpa"]
+# jax.nn.dot_product_attention runs its softmax in float32 whatever the input dtype (its
+# known finding, README "What the built-ins really do"): float64 is only float32-accurate.
+FLOAT32_SOFTMAX = {"jax.nn.dot_product_attention"}
+
+ROPE_OR_DECODE = ["*rope*", "*decode*"]
+
+
+def test_the_default_profile_has_rope_and_decode_cases_of_each_kind():
+    cases = [c for c in catalog("default") if "rope" in c.tags or "decode" in c.tags]
+    rope = [c for c in cases if "rope" in c.tags and "decode" not in c.tags]
+    decode = [c for c in cases if "decode" in c.tags]
+    assert {"rope_half", "rope_interleaved", "rope_partial"} <= {t for c in rope for t in c.tags}
+    assert {"lq_lt_lk", "lq_gt_lk", "causal_bottom_right", "gqa", "mqa"} <= {t for c in rope for t in c.tags}
+    assert {c.form for c in rope} == {"qkv", "kv", "self"}
+    assert {c.dtype for c in rope} >= {"float64", "float32", "float16", "bfloat16"}
+    assert any("rope" not in c.tags for c in decode) and any("rope" in c.tags for c in decode)
+    assert any("window" in c.tags for c in decode) and any("gqa" in c.tags for c in decode)
+    assert any("window" in c.tags and "rope" not in c.tags for c in decode)
+
+
+@pytest.fixture(scope="module")
+def judged():
+    run = check(TAKE_ROPE, profile="default", case_filter=ROPE_OR_DECODE, diagnose=False)
+    return {impl.name: impl for impl in run.implementations}
+
+
+@pytest.mark.parametrize("name", TAKE_ROPE)
+def test_every_rope_and_decode_case_passes_in_every_dtype(name, judged):
+    results = judged[name].results
+    expected_unsupported = [r for r in results if r.check == "decode" and name not in DECODE]
+    assert all(r.status == "unsupported" for r in expected_unsupported)
+    judged_here = [r for r in results if r not in expected_unsupported]
+    assert {r.status for r in judged_here} != {"unsupported"}
+    if name in FLOAT32_SOFTMAX:
+        assert all(r.status == "fail" and "float64" in r.tags for r in judged[name].failures())
+        judged_here = [r for r in judged_here if "float64" not in r.tags]
+    bad = [f"{r.case_id} {r.check}: {r.status} {r.message[:200]}" for r in judged_here
+           if r.status != "pass"]
+    assert not bad, bad
+    rope_dtypes = {c.dtype for c in catalog("default") if "rope" in c.tags} - (
+        {"float64"} if name in FLOAT32_SOFTMAX else set())
+    passed = {t for r in judged_here if "rope" in r.tags for t in r.tags}
+    assert rope_dtypes <= passed
+    grads = {r.check for r in judged_here if "rope" in r.tags}
+    assert {"output", "grad.query", "grad.wq", "grad.wk"} <= grads
+    if name in DECODE:
+        assert any(r.check == "decode" and "rope" in r.tags for r in judged_here)
+
+
+def test_the_layers_without_rotary_positions_decline_the_rope_cases():
+    run = check(DECLINE_ROPE, profile="default", dtypes=["float32"], case_filter="*rope*",
+                diagnose=False)
+    for impl in run.implementations:
+        rope = [r for r in impl.results if "rope" in r.tags]
+        assert rope and all(r.status == "unsupported" and "rotary" in r.message for r in rope), \
+            (impl.name, {r.message for r in rope})
+
+
+# ---------------------------------------------------------------------------------------
+# The shared step (attnsuite.impls.ops.<framework>.rope) on its own.
+
+SPECS = [S(16, 2, rope={"style": "half"}),
+         S(24, 2, rope={"style": "interleaved", "rotary_dim": 6, "theta": 500.0})]
+
+
+def _heads_layout(framework: str, x: np.ndarray) -> np.ndarray:
+    """(B, heads, L, d) -> the framework's layout."""
+    return x if framework == "torch" else x.transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow", "jax"])
+@pytest.mark.parametrize("spec", SPECS, ids=["half", "interleaved_partial"])
+def test_the_ops_step_is_the_oracles_rotation_at_any_positions(framework, spec):
+    backend = require(framework)
+    import importlib
+    ops = importlib.import_module(f"attnsuite.impls.ops.{framework}")
+    x = np.random.default_rng(0).standard_normal((2, spec.H, 5, spec.d_k))
+    positions = np.array([7, 3, 0, -2, 40])
+    expected = oracle.rotate(spec, x, oracle.rope_angles(spec, positions))
+    got = ops.rope(spec, backend.tensor(_heads_layout(framework, x), "float64"), positions)
+    np.testing.assert_allclose(_heads_layout(framework, backend.to_numpy(got)), expected, atol=1e-13)
+    # Features past rotary_dim pass unchanged; no RoPE in the spec: x itself.
+    np.testing.assert_array_equal(expected[..., spec.rotary_dim:], x[..., spec.rotary_dim:])
+    plain = backend.tensor(_heads_layout(framework, x), "float64")
+    assert ops.rope(spec.replace(rope=None), plain, positions) is plain
