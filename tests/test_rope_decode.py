@@ -111,3 +111,70 @@ def test_the_ops_step_is_the_oracles_rotation_at_any_positions(framework, spec):
     np.testing.assert_array_equal(expected[..., spec.rotary_dim:], x[..., spec.rotary_dim:])
     plain = backend.tensor(_heads_layout(framework, x), "float64")
     assert ops.rope(spec.replace(rope=None), plain, positions) is plain
+
+
+# ---------------------------------------------------------------------------------------
+# Gradients through the cache: the decoding steps of ours, differentiated together, give
+# the gradients of the full causal pass (the gate's decode check compares outputs only).
+
+DECODED = S(16, 4, num_kv_heads=2, kdim=12, vdim=10, causal="bottom_right", window=(3, 0),
+            rope={"style": "interleaved", "rotary_dim": 2, "theta": 100.0})
+
+
+def _decoded_loss(fn, params, query, key, value, d_out, concat):
+    """sum(out * d_out) over every step of a decode of the whole sequence."""
+    from attnsuite.conformance.decode import decode_chunks
+
+    cache, total = fn.init_cache(params, query.shape[0]), 0.0
+    for start, stop in decode_chunks(query.shape[1]):
+        out, cache = fn.decode(params, cache, query[:, start:stop], key[:, start:stop],
+                               value[:, start:stop])
+        total = total + concat(out * d_out[:, start:stop])
+    return total
+
+
+def _gradients(framework, fn, weights, inputs):
+    """Gradients of the decoded loss for every weight and query/key/value, as NumPy."""
+    backend = require(framework)
+    names = ["query", "key", "value"]
+    params = backend.params(weights, "float64")
+    tensors = [backend.tensor(inputs[n], "float64") for n in names]
+    d_out = backend.tensor(inputs["d_out"], "float64")
+    if framework == "torch":
+        for t in [*params.values(), *tensors]:
+            t.requires_grad_(True)
+        _decoded_loss(fn, params, *tensors, d_out, lambda t: t.sum()).backward()
+        found = {**{n: p.grad for n, p in params.items()}, **dict(zip(names, (t.grad for t in tensors)))}
+    elif framework == "jax":
+        import jax
+
+        def loss(params, *tensors):
+            return _decoded_loss(fn, params, *tensors, d_out, lambda t: t.sum())
+        d_params, *d_inputs = jax.grad(loss, argnums=(0, 1, 2, 3))(params, *tensors)
+        found = {**d_params, **dict(zip(names, d_inputs))}
+    else:
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            tape.watch([*params.values(), *tensors])
+            loss = _decoded_loss(fn, params, *tensors, d_out, tf.reduce_sum)
+        found = dict(zip([*params, *names], tape.gradient(loss, [*params.values(), *tensors])))
+    return {n: backend.to_numpy(g) for n, g in found.items()}
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow", "jax"])
+@pytest.mark.parametrize("path", ["explicit", "fused"])
+def test_gradients_flow_through_the_cache(framework, path):
+    import importlib
+
+    from attnsuite.impls.weights import init_weights
+    from tests.conftest import make_inputs
+
+    require(framework)
+    fn = getattr(importlib.import_module(f"attnsuite.impls.ours.{framework}"), path)(DECODED)
+    weights, inputs = init_weights(DECODED, seed=3), make_inputs(DECODED, B=2, L_q=7, seed=3)
+    expected = oracle.vjp(DECODED, weights, inputs["query"], inputs["key"], inputs["value"],
+                          inputs["d_out"])
+    found = _gradients(framework, fn, weights, inputs)
+    assert set(found) == set(expected)
+    for name, grad in expected.items():
+        np.testing.assert_allclose(found[name], grad, rtol=1e-9, atol=1e-11, err_msg=name)

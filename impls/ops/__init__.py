@@ -17,8 +17,9 @@ framework's layout (PyTorch (B, heads, L, d); TensorFlow and JAX (B, L, heads, d
 - ``rope(spec, x, positions) -> x``: rotary positions (SPEC 2) on heads ``x`` (d_k
   features), the token at index l sitting at ``positions[l]`` (1-D ints, the framework's
   or NumPy's); ``x`` itself where the spec has no RoPE. The rotation is ``rope_tables``
-  below: angles in float64 (JAX: float32 where x64 is off), the rotation computed in at
-  least float32 and rounded once to x's dtype; differentiable in ``x``;
+  below: angles and their cos/sin in float64 (JAX: in NumPy, so its positions are NumPy
+  ints, static under ``jax.jit``), the rotation computed in at least float32 and rounded
+  once to x's dtype; differentiable in ``x``;
 - ``rope_qk(spec, q, k, start=0) -> (q, k)``: both rotated at their SPEC positions: key j
   at start + j, query i at start + i + L_k - L_q (the queries end-aligned with the keys).
   ``start`` is the number of tokens before these: a decoding step passes its cache length.

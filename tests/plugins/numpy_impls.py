@@ -67,8 +67,12 @@ def attend(spec: AttentionSpec, p, query, key, value, mask=None, bias=None, prob
         y = x @ p["w" + letter] + (p["b" + letter] if spec.bias else 0.0)
         return y.reshape(y.shape[0], y.shape[1], heads, -1).transpose(0, 2, 1, 3)
 
-    q = project(query, "q", spec.H)
-    k = expand(project(key, "k", spec.H_kv), spec.group_size)
+    q, k = project(query, "q", spec.H), project(key, "k", spec.H_kv)
+    if spec.rope is not None:   # the oracle's rotation, at the SPEC positions
+        q_positions, k_positions = oracle.rope_positions(q.shape[2], k.shape[2])
+        q = oracle.rotate(spec, q, oracle.rope_angles(spec, q_positions))
+        k = oracle.rotate(spec, k, oracle.rope_angles(spec, k_positions))
+    k = expand(k, spec.group_size)
     v = expand(project(value, "v", spec.H_kv), spec.group_size)
     s = spec.logit_scale * q @ k.transpose(0, 1, 3, 2)
     if spec.softcap is not None:
