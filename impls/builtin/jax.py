@@ -1,6 +1,7 @@
 """``jax.nn.dot_product_attention`` as a user calls it: the canonical projections (and
 RoPE, ``ops.jax.rope_qk``) around it, its own ``is_causal`` and ``local_window_size``
-options, GQA from the fewer kv heads, and nothing fixed up (a fully masked row keeps whatever the function gives it).
+options, GQA from the fewer kv heads, and nothing fixed up (a fully masked row keeps
+whatever the function gives it).
 
 ``dot_product_attention`` leaves the implementation to JAX (XLA, today, even on a GPU);
 ``dot_product_attention_cudnn`` asks for cuDNN's fused kernel, which runs on a GPU only

@@ -31,7 +31,8 @@ from attnsuite.impls.spec import AttentionSpec  # noqa: E402
 from attnsuite.impls.weights import weight_shapes  # noqa: E402
 
 __all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
-           "fused_attention", "project_qkv", "attention_fn", "decoding", "explicit", "fused", "MultiHeadAttention"]
+           "fused_attention", "project_qkv", "attention_fn", "decoding", "explicit", "fused",
+           "MultiHeadAttention"]
 
 
 def masked_softmax(logits, visible):

@@ -23,7 +23,8 @@ from attnsuite.impls.oracle import structural_rows_with_keys
 from attnsuite.impls.spec import AttentionSpec
 
 __all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
-           "fused_attention", "project_qkv", "attention_fn", "decoding", "explicit", "fused", "kernel", "MultiHeadAttention"]
+           "fused_attention", "project_qkv", "attention_fn", "decoding", "explicit", "fused",
+           "kernel", "MultiHeadAttention"]
 
 
 def masked_softmax(logits: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
