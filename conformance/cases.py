@@ -530,6 +530,19 @@ def _recipes() -> list[Recipe]:
             rope={"style": "interleaved", "rotary_dim": 6}), 1, 5, 300, profile=q, default=F32_64),
         R(S(16, 4, num_kv_heads=2, head_dim=8, causal="bottom_right", window=(4, 0),
             rope={"style": "half", "rotary_dim": 6}), 1, 12, 12, form="self", checks=("decode",), profile=q),
+        R(S(8, 2, kdim=6, vdim=10, causal="top_left", window=(2, 0)), 2, 7, 7, checks=("decode",)),
+        # RoPE in a full pass (output and gradients): both styles, partial rotary_dim, the
+        # queries end-aligned with the keys (L_q < L_k, L_q > L_k: negative positions), and
+        # every call form; 16-bit on head size 8.
+        R(S(16, 4, num_kv_heads=2, causal="bottom_right", rope={"style": "half"}), 2, 5, 9,
+          default=F32_64),
+        R(S(24, 3, rope={"style": "interleaved", "rotary_dim": 4, "theta": 500.0}), 2, 6, 4,
+          mask="random"),
+        R(S(16, 2, kdim=12, vdim=12, rope={"style": "half", "rotary_dim": 4}), 2, 3, 7, form="kv"),
+        R(S(16, 4, num_kv_heads=1, causal="top_left", rope={"style": "interleaved"}), 2, 6, 6,
+          form="self", default=F32_64),
+        R(S(32, 4, num_kv_heads=2, causal="top_left", rope={"style": "half", "rotary_dim": 6}),
+          2, 8, 8, default=HALF),
         # Head size 8 and even lengths: shapes that GPU kernels (cuDNN's, FlashAttention's)
         # take, so that a GPU run judges them in the half types, not a fallback. The cases
         # above mostly have head size 4 or odd lengths, which those kernels decline.

@@ -34,6 +34,7 @@ def _require_common(spec: AttentionSpec, layer: str) -> None:
         (spec.softcap is not None, "no logit softcap"),
         (spec.window is not None, "no sliding-window option"),
         (spec.causal == "bottom_right", "no bottom-right causal alignment"),
+        (spec.rope is not None, "no rotary positions option (the projections are inside the layer)"),
     ]
     decline(layer, reasons)
 

@@ -26,6 +26,7 @@ def check_supported(spec: AttentionSpec) -> None:
         (not scale_is_default(spec),
          "no scale option: logits are always scaled by 1/sqrt(key_size)"),
         (spec.softcap is not None, "no logit softcap"),
+        (spec.rope is not None, "no rotary positions option (the projections are inside the layer)"),
     ]
     decline(NAME, reasons)
 

@@ -1,6 +1,7 @@
-"""``jax.nn.dot_product_attention`` as a user calls it: the canonical projections around
-it, its own ``is_causal`` and ``local_window_size`` options, GQA from the fewer kv heads,
-and nothing fixed up (a fully masked row keeps whatever the function gives it).
+"""``jax.nn.dot_product_attention`` as a user calls it: the canonical projections (and
+RoPE, ``ops.jax.rope_qk``) around it, its own ``is_causal`` and ``local_window_size``
+options, GQA from the fewer kv heads, and nothing fixed up (a fully masked row keeps
+whatever the function gives it).
 
 ``dot_product_attention`` leaves the implementation to JAX (XLA, today, even on a GPU);
 ``dot_product_attention_cudnn`` asks for cuDNN's fused kernel, which runs on a GPU only
@@ -12,7 +13,7 @@ from __future__ import annotations
 import jax
 
 from attnsuite.impls.errors import Unsupported, decline
-from attnsuite.impls.ops.jax import output, project
+from attnsuite.impls.ops.jax import output, project, rope_qk
 from attnsuite.impls.spec import AttentionSpec
 
 _NAME = "jax.nn.dot_product_attention"
@@ -57,8 +58,8 @@ def _layer(implementation: str | None):
         def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
             if training and spec.dropout > 0:
                 raise Unsupported(f"{function_name(implementation)}: no dropout")
-            q = project(spec, params, query, "q")                       # (B, L_q, H, d_k)
-            k = project(spec, params, key, "k")                         # (B, L_k, H_kv, d_k)
+            q, k = rope_qk(spec, project(spec, params, query, "q"),     # (B, L_q, H, d_k),
+                           project(spec, params, key, "k"))             # (B, L_k, H_kv, d_k)
             v = project(spec, params, value, "v")                       # (B, L_k, H_kv, d_v)
             return output(spec, params, attend(spec, q, k, v, mask, bias, implementation))
 

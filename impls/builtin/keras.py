@@ -13,8 +13,8 @@ behaviour:
 - dropout -> the layer's ``dropout``, its seed generator set from ``seed``.
 
 What it cannot express at all raises ``Unsupported``: GQA/MQA, a custom scale (it always
-uses 1/sqrt(key_dim)), softcap, an additive bias, a per-head mask, an asymmetric window
-without causal.
+uses 1/sqrt(key_dim)), softcap, rotary positions, an additive bias, a per-head mask, an
+asymmetric window without causal.
 
 Observed behaviour (Keras 3.15; tests/test_keras_builtin.py holds it):
 
@@ -73,6 +73,8 @@ def _check_spec(spec: AttentionSpec) -> None:
         reasons.append(f"the logit scale is always 1/sqrt(key_dim) (scale={spec.scale})")
     if spec.softcap is not None:
         reasons.append("no logit softcap")
+    if spec.rope is not None:
+        reasons.append("no rotary positions option (the projections are inside the layer)")
     if reasons:
         raise Unsupported("keras.layers.MultiHeadAttention has " + "; ".join(reasons))
 

@@ -13,9 +13,10 @@ a user to; nothing is fixed up (a fully masked row gives whatever the layer give
   (B*H, L_q, L_k) form; an additive bias is a float ``attn_mask`` (-inf where masked).
   Causal and window rules are masks too (the layer has no other way), with its
   ``is_causal`` hint where the mask is exactly top-left causal.
-- ``sdpa``: the canonical projections around ``F.scaled_dot_product_attention``, called
-  as a user would: ``is_causal`` for top-left, ``causal_lower_right`` for bottom-right,
-  a boolean or float ``attn_mask`` for everything else, ``enable_gqa``, ``scale``.
+- ``sdpa``: the canonical projections (and RoPE, ``ops.torch.rope_qk``) around
+  ``F.scaled_dot_product_attention``, called as a user would: ``is_causal`` for
+  top-left, ``causal_lower_right`` for bottom-right, a boolean or float ``attn_mask`` for
+  everything else, ``enable_gqa``, ``scale``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from torch.func import functional_call
 
 from attnsuite.impls.convert import torch as convert
 from attnsuite.impls.errors import Unsupported
-from attnsuite.impls.ops.torch import causal_lower_right, output, project, seeded, visibility
+from attnsuite.impls.ops.torch import (causal_lower_right, output, project, rope_qk, seeded,
+                                       visibility)
 from attnsuite.impls.spec import AttentionSpec
 
 
@@ -50,6 +52,8 @@ def _mha_problems(spec: AttentionSpec) -> list[str]:
         problems.append(f"the logit scale is 1/sqrt(head_dim) only (scale={spec.scale})")
     if spec.softcap is not None:
         problems.append("no softcap")
+    if spec.rope is not None:
+        problems.append("no rotary positions (the projections are inside the layer)")
     return problems
 
 
@@ -116,8 +120,8 @@ def sdpa(spec: AttentionSpec):
         raise Unsupported("scaled_dot_product_attention: no softcap")
 
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
-        q = project(spec, params, query, "q")                           # (B, H, L_q, d_k)
-        k = project(spec, params, key, "k")                             # (B, H_kv, L_k, d_k)
+        q, k = rope_qk(spec, project(spec, params, query, "q"),         # (B, H, L_q, d_k),
+                       project(spec, params, key, "k"))                 # (B, H_kv, L_k, d_k)
         v = project(spec, params, value, "v")                           # (B, H_kv, L_k, d_v)
         attn_mask, is_causal = _sdpa_attn_mask(spec, q.shape[-2], k.shape[-2], mask, bias, q.device)
         dropout_p = spec.dropout if training else 0.0

@@ -13,7 +13,16 @@ framework's layout (PyTorch (B, heads, L, d); TensorFlow and JAX (B, L, heads, d
   None when the spec has neither;
 - ``visibility(spec, L_q, L_k, mask[, device]) -> bool | None``: those rules and the
   user's mask together, broadcastable to (B, H, L_q, L_k); None when every key is visible;
-- ``check_mask_and_bias(mask, bias)``: ``check_mask_and_bias`` below with its dtypes.
+- ``check_mask_and_bias(mask, bias)``: ``check_mask_and_bias`` below with its dtypes;
+- ``rope(spec, x, positions) -> x``: rotary positions (SPEC 2) on heads ``x`` (d_k
+  features), the token at index l sitting at ``positions[l]`` (1-D ints, the framework's
+  or NumPy's); ``x`` itself where the spec has no RoPE. The rotation is ``rope_tables``
+  below: angles and their cos/sin in float64 (JAX: in NumPy, so its positions are NumPy
+  ints, static under ``jax.jit``), the rotation computed in at least float32 and rounded
+  once to x's dtype; differentiable in ``x``;
+- ``rope_qk(spec, q, k, start=0) -> (q, k)``: both rotated at their SPEC positions: key j
+  at start + j, query i at start + i + L_k - L_q (the queries end-aligned with the keys).
+  ``start`` is the number of tokens before these: a decoding step passes its cache length.
 
 ``ops.torch`` also has ``seeded`` (run a block on a seeded global RNG) and
 ``causal_lower_right`` (SDPA's bottom-right causal mask object); ``ops.tensorflow`` has
@@ -28,7 +37,9 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Callable
+from typing import Callable, NamedTuple
+
+import numpy as np
 
 from attnsuite.impls.spec import AttentionSpec
 
@@ -65,3 +76,27 @@ def check_mask_and_bias(mask, bias, is_bool: Callable[[object], bool]) -> None:
     if mask is not None and not is_bool(mask.dtype):
         dtype = getattr(mask.dtype, "name", mask.dtype)
         raise ValueError(f"mask: must be boolean (True = may attend), got dtype {dtype}")
+
+
+class RopeTables(NamedTuple):
+    """RoPE as a per-feature formula over the d_k features of a head (float64 NumPy):
+    ``out[f] = x[f] * cos(p * frequency[f]) + sign[f] * x[partner[f]] * sin(p * frequency[f])``
+    for a token at position p. Features past ``rotary_dim`` have frequency 0 (cos 1, sin 0):
+    they pass unchanged. One gather and two products, the same in every framework."""
+    frequency: np.ndarray   # (d_k,) float64: theta ** (-2m / rotary_dim) of the pair m it is in
+    partner: np.ndarray     # (d_k,) int: the other feature of its pair (itself if unrotated)
+    sign: np.ndarray        # (d_k,) float64: -1 for the first of a pair, +1 for the second
+
+
+@functools.cache
+def rope_tables(spec: AttentionSpec) -> RopeTables:
+    """The tables of ``spec.rope``: pair m is features (m, m + r/2) in style "half",
+    (2m, 2m + 1) in style "interleaved" (r = rotary_dim), as in the oracle's ``rotate``."""
+    r, d = spec.rotary_dim, spec.d_k
+    m = np.arange(r // 2)
+    first, second = (m, m + r // 2) if spec.rope.style == "half" else (2 * m, 2 * m + 1)
+    frequency, partner, sign = np.zeros(d), np.arange(d), np.zeros(d)
+    frequency[first] = frequency[second] = spec.rope.theta ** (-2.0 * m / r)
+    partner[first], partner[second] = second, first
+    sign[first], sign[second] = -1.0, 1.0
+    return RopeTables(frequency, partner, sign)

@@ -42,5 +42,30 @@ def visibility(spec: AttentionSpec, L_q: int, L_k: int, mask=None) -> jax.Array 
     return mask if visible is None else visible & mask
 
 
+def rope(spec: AttentionSpec, x, positions) -> jax.Array:
+    """(B, L, heads, d_k) rotated at ``positions`` (L,) (contract: ``attnsuite.impls.ops``).
+    ``positions`` are NumPy ints (static under ``jax.jit``, as lengths are): the angles
+    are computed in NumPy float64 and enter as constants."""
+    if spec.rope is None:
+        return x
+    tables = ops.rope_tables(spec)
+    angles = np.asarray(positions, np.float64)[:, None, None] * tables.frequency   # (L, 1, d_k)
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    cos = jnp.asarray(np.cos(angles), wide)
+    sin = jnp.asarray(np.sin(angles) * tables.sign, wide)
+    x_wide = x.astype(wide)
+    return (x_wide * cos + x_wide[..., tables.partner] * sin).astype(x.dtype)
+
+
+def rope_qk(spec: AttentionSpec, q, k, start: int = 0):
+    """q (B, L_q, H, d_k) and k (B, L_k, H_kv, d_k) rotated at their positions: key j at
+    start + j, query i at start + i + L_k - L_q."""
+    if spec.rope is None:
+        return q, k
+    L_q, L_k = q.shape[1], k.shape[1]
+    return (rope(spec, q, np.arange(start + L_k - L_q, start + L_k)),
+            rope(spec, k, np.arange(start, start + L_k)))
+
+
 def check_mask_and_bias(mask, bias) -> None:
     ops.check_mask_and_bias(mask, bias, lambda dtype: dtype == jnp.bool_)

@@ -70,5 +70,27 @@ def visibility(spec: AttentionSpec, L_q, L_k, mask):
     return tf.logical_and(mask, structural)
 
 
+def rope(spec: AttentionSpec, x, positions):
+    """(B, L, heads, d_k) rotated at ``positions`` (L,) (contract: ``attnsuite.impls.ops``)."""
+    if spec.rope is None:
+        return x
+    tables = ops.rope_tables(spec)
+    angles = tf.cast(positions, tf.float64)[:, None, None] * tables.frequency   # (L, 1, d_k)
+    (wide,) = widen(x)
+    cos = tf.cast(tf.cos(angles), wide.dtype)
+    sin = tf.cast(tf.sin(angles) * tables.sign, wide.dtype)
+    return tf.cast(wide * cos + tf.gather(wide, tables.partner, axis=-1) * sin, x.dtype)
+
+
+def rope_qk(spec: AttentionSpec, q, k, start=0):
+    """q (B, L_q, H, d_k) and k (B, L_k, H_kv, d_k) rotated at their positions: key j at
+    start + j, query i at start + i + L_k - L_q. Lengths and ``start`` may be tensors."""
+    if spec.rope is None:
+        return q, k
+    L_q, L_k = length(q), length(k)
+    return (rope(spec, q, tf.range(L_q) + (start + L_k - L_q)),
+            rope(spec, k, tf.range(L_k) + start))
+
+
 def check_mask_and_bias(mask, bias) -> None:
     ops.check_mask_and_bias(mask, bias, lambda dtype: dtype == tf.bool)

@@ -44,6 +44,31 @@ def check_mask_and_bias(mask, bias) -> None:
     ops.check_mask_and_bias(mask, bias, lambda dtype: dtype == torch.bool)
 
 
+def rope(spec: AttentionSpec, x: torch.Tensor, positions) -> torch.Tensor:
+    """(B, heads, L, d_k) rotated at ``positions`` (L,) (contract: ``attnsuite.impls.ops``)."""
+    if spec.rope is None:
+        return x
+    tables = ops.rope_tables(spec)
+    angles = (torch.as_tensor(positions, device=x.device).to(torch.float64)[:, None]
+              * torch.as_tensor(tables.frequency, device=x.device))            # (L, d_k)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    cos = angles.cos().to(wide)
+    sin = (angles.sin() * torch.as_tensor(tables.sign, device=x.device)).to(wide)
+    x_wide = x.to(wide)
+    partner = torch.as_tensor(tables.partner, device=x.device)
+    return (x_wide * cos + x_wide[..., partner] * sin).to(x.dtype)
+
+
+def rope_qk(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor, start: int = 0):
+    """q (B, H, L_q, d_k) and k (B, H_kv, L_k, d_k) rotated at their positions: key j at
+    start + j, query i at start + i + L_k - L_q."""
+    if spec.rope is None:
+        return q, k
+    L_q, L_k = q.shape[-2], k.shape[-2]
+    return (rope(spec, q, torch.arange(start + L_k - L_q, start + L_k, device=q.device)),
+            rope(spec, k, torch.arange(start, start + L_k, device=k.device)))
+
+
 def causal_lower_right(L_q: int, L_k: int):
     """torch's bottom-right causal mask object for SDPA. Imported on first use: its module
     imports torch._dynamo, seconds that most runs never need."""

@@ -17,9 +17,22 @@ in the framework's layout: PyTorch (B, heads, L, d), TensorFlow and JAX (B, L, h
   reads key/value head h // group_size;
 - ``fused_attention(...)``: the same signature and result, on the framework's attention
   op; it falls back to ``explicit_attention`` for what that op cannot express (and says so);
+- ``project_qkv(spec, params, query, key, value, start=0) -> (q, k, v)``: the three
+  projections, Q and K rotated at their positions when the spec has RoPE
+  (``ops.rope_qk``: keys at start + j, queries end-aligned); ``start`` is the number of
+  tokens before these, a decoding step's cache length;
 - ``attention_fn(spec, core)``: the SPEC 5 ``fn(params, query, key, value, mask=None,
-  bias=None, training=False, seed=None)`` around a core: checks mask and bias, projects,
-  runs the core (with ``spec.dropout`` when training), merges heads through ``wo``;
+  bias=None, training=False, seed=None)`` around a core: checks mask and bias,
+  ``project_qkv``, runs the core (with ``spec.dropout`` when training), merges heads
+  through ``wo``. The ``fn`` also decodes (SPEC 5, protocol in
+  ``attnsuite.conformance.decode``): ``fn.init_cache(params, batch_size)`` and
+  ``fn.decode(params, cache, query, key, value) -> (out, cache)`` on the same core; the
+  cache is {"key", "value"}, the projected and rotated keys and values so far in the
+  framework's head layout, a new one returned by each step (no mutation: JAX's
+  ``decode`` is a pure function, jitted in ``fn.decode``); the new queries sit at the end
+  of the keys so far, so each step runs the core with the causal rule bottom-right (the
+  window counting from there). PyTorch and TensorFlow build it in ``decoding(spec,
+  core)``, JAX in its module-level ``init_cache``/``decode``;
 - ``explicit(spec)``, ``fused(spec)``: the factories in ``attnsuite.impls.registry``;
 - ``kernel(spec)`` (PyTorch and JAX): ``fused_attention`` alone as ``fn(params, q, k, v)`` with ``fn.layout``
   ("BHLD" or "BLHD"), the "core.<framework>.fused" entry of ``attnsuite.impls.kernels``;

@@ -8,6 +8,8 @@
   On a GPU it asks for cuDNN's kernel where cuDNN takes the case (``kernel_implementation``).
 - ``init(spec, rng)`` and ``apply(spec, params, query, key, value, ...)``: the same layer
   for use in a model; jit it with ``jax.jit(apply, static_argnames=APPLY_STATIC)``.
+- ``init_cache(spec, params, batch_size)`` and ``decode(spec, params, cache, query, key,
+  value, fused=...)``: decoding with a key/value cache, as pure functions.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attnsuite.impls.ops.jax import check_mask_and_bias, output, project, visibility
+from attnsuite.impls.ops.jax import check_mask_and_bias, output, project, rope_qk, visibility
 from attnsuite.impls.oracle import structural_rows_with_keys
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.impls.weights import weight_shapes
 
 __all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
-           "fused_attention", "attention_fn", "explicit", "fused", "kernel", "init", "apply",
+           "fused_attention", "project_qkv", "attention_fn", "explicit", "fused", "kernel", "init",
+           "apply", "init_cache", "decode",
            "APPLY_STATIC", "kernel_implementation"]
 
 APPLY_STATIC = ("spec", "training", "fused")
@@ -109,11 +112,32 @@ def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_
 
 
 def attention_fn(spec: AttentionSpec, core):
-    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or ``fused_attention``)."""
+    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or
+    ``fused_attention``), with ``fn.init_cache`` and ``fn.decode`` on the same core."""
+    is_fused = core is fused_attention
+
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
         return apply(spec, params, query, key, value, mask, bias, training=training, seed=seed,
-                     fused=core is fused_attention)
+                     fused=is_fused)
+    fn.init_cache = functools.partial(init_cache, spec)
+    fn.decode = _compiled(functools.partial(decode, spec, fused=is_fused))
     return fn
+
+
+def _compiled(step):
+    """``step`` under ``jax.jit``: op by op, every primitive would compile anew for each
+    cache length. Where XLA rejects the whole program but runs its ops one by one
+    (float16 attention accumulated in float32 on CPU: "precision F16_F16_F32 is not
+    supported by dot_general"), the step runs eagerly; any other error comes back from
+    that run as well."""
+    compiled = jax.jit(step)
+
+    def run(*args):
+        try:
+            return compiled(*args)
+        except ValueError:
+            return step(*args)
+    return run
 
 
 def explicit(spec: AttentionSpec):
@@ -156,11 +180,39 @@ def apply(spec: AttentionSpec, params, query, key, value, mask=None, bias=None, 
     core = fused_attention if fused else explicit_attention
 
     with _matmul_precision(jnp.result_type(query, key, value, *params.values())):
-        q = project(spec, params, query, "q")                           # (B, L_q, H, d_k)
-        k = project(spec, params, key, "k")                             # (B, L_k, H_kv, d_k)
-        v = project(spec, params, value, "v")                           # (B, L_k, H_kv, d_v)
+        q, k, v = project_qkv(spec, params, query, key, value)
         heads = core(spec, q, k, v, mask, bias, dropout_rate, seed)     # (B, L_q, H, d_v)
         return output(spec, params, heads)                              # (B, L_q, E_o)
+
+
+def project_qkv(spec: AttentionSpec, params, query, key, value, start: int = 0):
+    """Q (B, L_q, H, d_k), K (B, L_k, H_kv, d_k), V (B, L_k, H_kv, d_v): projected, Q and K
+    rotated at their positions (``start`` tokens before these: a decoding step's cache)."""
+    q, k = rope_qk(spec, project(spec, params, query, "q"), project(spec, params, key, "k"), start)
+    return q, k, project(spec, params, value, "v")
+
+
+def init_cache(spec: AttentionSpec, params, batch_size: int) -> dict[str, jax.Array]:
+    """An empty cache for ``decode``: {"key", "value"}, the projected (and rotated) keys
+    and values so far, (B, L, H_kv, d)."""
+    dtype = params["wk"].dtype
+    return {"key": jnp.zeros((batch_size, 0, spec.H_kv, spec.d_k), dtype),
+            "value": jnp.zeros((batch_size, 0, spec.H_kv, spec.d_v), dtype)}
+
+
+def decode(spec: AttentionSpec, params, cache, query, key, value, *, fused: bool = True):
+    """(out, cache): one decoding step (protocol: ``attnsuite.conformance.decode``) on the
+    new tokens only, a pure function (jit it with ``static_argnames=("spec", "fused")``;
+    each cache length is a new shape). New queries are the last of the keys so far: the
+    causal rule is bottom-right, and the window counts from there."""
+    step_spec = spec.replace(causal="bottom_right") if spec.causal else spec
+    core = fused_attention if fused else explicit_attention
+    with _matmul_precision(jnp.result_type(query, key, value, *params.values())):
+        q, k, v = project_qkv(spec, params, query, key, value, start=cache["key"].shape[1])
+        cache = {"key": jnp.concatenate([cache["key"], k], axis=1),
+                 "value": jnp.concatenate([cache["value"], v], axis=1)}
+        heads = core(step_spec, q, cache["key"], cache["value"])        # (B, L_new, H, d_v)
+        return output(spec, params, heads), cache
 
 
 def _matmul_precision(dtype):

@@ -25,13 +25,14 @@ import tensorflow as tf  # noqa: E402
 
 from attnsuite.impls.errors import Unsupported  # noqa: E402
 from attnsuite.impls.ops.tensorflow import (check_mask_and_bias, length, output, project,  # noqa: E402
-                                            visibility, widen)
+                                            rope_qk, visibility, widen)
 from attnsuite.impls.oracle import structural_rows_with_keys  # noqa: E402
 from attnsuite.impls.spec import AttentionSpec  # noqa: E402
 from attnsuite.impls.weights import weight_shapes  # noqa: E402
 
 __all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
-           "fused_attention", "attention_fn", "explicit", "fused", "MultiHeadAttention"]
+           "fused_attention", "project_qkv", "attention_fn", "decoding", "explicit", "fused",
+           "MultiHeadAttention"]
 
 
 def masked_softmax(logits, visible):
@@ -133,16 +134,46 @@ def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_
     return tf.cast(heads, dtype)                                        # (B, L_q, H, d_v)
 
 
+def project_qkv(spec: AttentionSpec, params, query, key, value, start=0):
+    """Q (B, L_q, H, d_k), K (B, L_k, H_kv, d_k), V (B, L_k, H_kv, d_v): projected, Q and K
+    rotated at their positions (``start`` tokens before these: a decoding step's cache)."""
+    q, k = rope_qk(spec, project(spec, params, query, "q"), project(spec, params, key, "k"), start)
+    return q, k, project(spec, params, value, "v")
+
+
 def attention_fn(spec: AttentionSpec, core):
-    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or ``fused_attention``)."""
+    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or
+    ``fused_attention``), with ``fn.init_cache`` and ``fn.decode`` on the same core."""
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
         check_mask_and_bias(mask, bias)
-        q = project(spec, params, query, "q")                          # (B, L_q, H, d_k)
-        k = project(spec, params, key, "k")                            # (B, L_k, H_kv, d_k)
-        v = project(spec, params, value, "v")                          # (B, L_k, H_kv, d_v)
+        q, k, v = project_qkv(spec, params, query, key, value)
         heads = core(spec, q, k, v, mask, bias, spec.dropout if training else 0.0, seed)
         return output(spec, params, heads)                             # (B, L_q, E_o)
+    fn.init_cache, fn.decode = decoding(spec, core)
     return fn
+
+
+def decoding(spec: AttentionSpec, core):
+    """(init_cache, decode) of the decoding protocol (``attnsuite.conformance.decode``).
+    The cache is {"key", "value"}: the projected (and rotated) keys and values so far,
+    (B, L, H_kv, d); each step returns a new one, so a ``tf.GradientTape`` around the
+    steps reaches every step's inputs through it. New queries are the last of the keys
+    so far: the causal rule is bottom-right, and the window counts from there."""
+    step_spec = spec.replace(causal="bottom_right") if spec.causal else spec
+
+    def init_cache(params, batch_size: int) -> dict:
+        dtype = params["wk"].dtype
+        return {"key": tf.zeros([batch_size, 0, spec.H_kv, spec.d_k], dtype),
+                "value": tf.zeros([batch_size, 0, spec.H_kv, spec.d_v], dtype)}
+
+    def decode(params, cache, query, key, value):
+        q, k, v = project_qkv(spec, params, query, key, value, start=length(cache["key"]))
+        cache = {"key": tf.concat([cache["key"], k], axis=1),
+                 "value": tf.concat([cache["value"], v], axis=1)}
+        heads = core(step_spec, q, cache["key"], cache["value"])         # (B, L_new, H, d_v)
+        return output(spec, params, heads), cache
+
+    return init_cache, decode
 
 
 def explicit(spec: AttentionSpec):

@@ -18,12 +18,13 @@ from torch import nn
 
 from attnsuite.impls.convert import torch as convert
 from attnsuite.impls.ops.torch import (causal_lower_right, check_mask_and_bias, output, project,
-                                       seeded, visibility)
+                                       rope_qk, seeded, visibility)
 from attnsuite.impls.oracle import structural_rows_with_keys
 from attnsuite.impls.spec import AttentionSpec
 
 __all__ = ["project", "visibility", "masked_softmax", "dropout", "explicit_attention",
-           "fused_attention", "attention_fn", "explicit", "fused", "kernel", "MultiHeadAttention"]
+           "fused_attention", "project_qkv", "attention_fn", "decoding", "explicit", "fused",
+           "kernel", "MultiHeadAttention"]
 
 
 def masked_softmax(logits: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
@@ -107,16 +108,46 @@ def fused_attention(spec: AttentionSpec, q, k, v, mask=None, bias=None, dropout_
     return out if has_key is None else out * has_key
 
 
+def project_qkv(spec: AttentionSpec, params, query, key, value, start: int = 0):
+    """Q (B, H, L_q, d_k), K (B, H_kv, L_k, d_k), V (B, H_kv, L_k, d_v): projected, Q and K
+    rotated at their positions (``start`` tokens before these: a decoding step's cache)."""
+    q, k = rope_qk(spec, project(spec, params, query, "q"), project(spec, params, key, "k"), start)
+    return q, k, project(spec, params, value, "v")
+
+
 def attention_fn(spec: AttentionSpec, core):
-    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or ``fused_attention``)."""
+    """The SPEC 5 ``fn`` around an attention core (``explicit_attention`` or
+    ``fused_attention``), with ``fn.init_cache`` and ``fn.decode`` on the same core."""
     def fn(params, query, key, value, mask=None, bias=None, training=False, seed=None):
         check_mask_and_bias(mask, bias)
-        q = project(spec, params, query, "q")                            # (B, H, L_q, d_k)
-        k = project(spec, params, key, "k")                              # (B, H_kv, L_k, d_k)
-        v = project(spec, params, value, "v")                            # (B, H_kv, L_k, d_v)
-        heads = core(spec, q, k, v, mask, bias, spec.dropout if training else 0.0, seed)
-        return output(spec, params, heads)                               # (B, L_q, E_o)
+        q, k, v = project_qkv(spec, params, query, key, value)
+        out = core(spec, q, k, v, mask, bias, spec.dropout if training else 0.0, seed)
+        return output(spec, params, out)                                 # (B, L_q, E_o)
+    fn.init_cache, fn.decode = decoding(spec, core)
     return fn
+
+
+def decoding(spec: AttentionSpec, core):
+    """(init_cache, decode) of the decoding protocol (``attnsuite.conformance.decode``).
+    The cache is {"key", "value"}: the projected (and rotated) keys and values so far,
+    (B, H_kv, L, d); each step returns a new one, the graph kept, so gradients reach
+    every step's inputs through it. New queries are the last of the keys so far: the
+    causal rule is bottom-right, and the window counts from there."""
+    step_spec = spec.replace(causal="bottom_right") if spec.causal else spec
+
+    def init_cache(params, batch_size: int) -> dict:
+        empty = params["wk"].new_zeros
+        return {"key": empty(batch_size, spec.H_kv, 0, spec.d_k),
+                "value": empty(batch_size, spec.H_kv, 0, spec.d_v)}
+
+    def decode(params, cache, query, key, value):
+        q, k, v = project_qkv(spec, params, query, key, value, start=cache["key"].shape[-2])
+        cache = {"key": torch.cat([cache["key"], k], dim=-2),
+                 "value": torch.cat([cache["value"], v], dim=-2)}
+        out = core(step_spec, q, cache["key"], cache["value"])           # (B, H, L_new, d_v)
+        return output(spec, params, out), cache
+
+    return init_cache, decode
 
 
 def explicit(spec: AttentionSpec):

@@ -20,8 +20,8 @@ def my_layer(params, q, k, v, mask, heads):  # mask: (B, H, L_q, L_k) or None, T
 
 
 def factory(spec):
-    if spec.H_kv != spec.H or spec.softcap or spec.scale:
-        raise Unsupported("my_layer: no grouped heads, softcap or custom scale")
+    if spec.H_kv != spec.H or spec.softcap or spec.scale or spec.rope:
+        raise Unsupported("my_layer: no grouped heads, softcap, custom scale or rotary positions")
 
     def fn(params, query, key, value, mask=None, bias=None):
         if bias is not None:
