@@ -249,6 +249,13 @@ def merge(paths) -> RunResult:
 # ---------------------------------------------------------------------------------------
 # The command.
 
+BENCH_REPORT_HELP = """\
+Folders of benchmark results (attnsuite bench --out DIR) are merged into one benchmark
+report instead: attnsuite report DIR [DIR ...] [--out DIR] [--run ID [ID ...]]
+[--drop-run ID [ID ...]] (--run: only these runs, ids or id prefixes; --drop-run: leave
+these runs out)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from attnsuite.conformance.cli import _Parser
 
@@ -256,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="attnsuite report",
                 description="Merge conformance reports of shards and machines into one report, "
                             "with one verdict.",
-                epilog="\n\n".join(paragraphs[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog="\n\n".join(paragraphs[2:] + [BENCH_REPORT_HELP]),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", metavar="DIR",
                    help="an attnsuite check --report folder (or its conformance.json)")
     p.add_argument("--out", default="out/report", metavar="DIR",

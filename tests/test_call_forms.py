@@ -93,4 +93,5 @@ def test_a_self_only_layer_is_judged_on_as_many_cases_as_a_three_input_one():
     assert all("-kv-" in r.case_id for r in memory_only.results)
     told = {(name, form) for name, form, *_ in plugins.CALLS}
     assert told == {("self_only", "self"), ("memory_only", "kv")}
-    assert {dtype for *_, dtype, _ in plugins.CALLS} >= {"float64", "float32", "float16", "bfloat16"}
+    # Told the dtype of each call; NumPy's half-precision cases are declined before the factory.
+    assert {dtype for *_, dtype, _ in plugins.CALLS} == {"float64", "float32"}

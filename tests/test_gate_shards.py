@@ -94,7 +94,7 @@ def test_three_shards_merged_equal_the_unsharded_run(runs, capsys):
     merged, full = _results(out / "conformance.json"), _results(folder / "full" / "conformance.json")
     assert merged == full
     assert [v for _, v, *_ in merged["implementations"]] == ["pass", "pass", "fail"]
-    assert "FAIL: 2 of 3 implementations pass (27 cases, merged from 3 reports)" in printed
+    assert f"FAIL: 2 of 3 implementations pass ({len(catalog('quick'))} cases, merged from 3 reports)" in printed
     # Each shard's machine is kept, and the JUnit file has every check.
     environment = json.loads((out / "conformance.json").read_text())["environment"]
     assert [e["shard"] for e in environment["inputs"]] == ["3/3", "1/3", "2/3"]
