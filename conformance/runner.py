@@ -132,7 +132,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
           isolate: bool = False, progress: bool = False, seed: int = 0,
           jobs: int | None = None, timeout: float = DEFAULT_TIMEOUT,
           min_coverage: float | None = None, generated: int = 0,
-          diagnose: bool = True) -> RunResult:
+          diagnose: bool = True, cases: Sequence[Case] | None = None,
+          outputs_dir=None) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights_path``: a ``--weights`` file (see conformance.weights). ``xfails``: a path,
@@ -140,7 +141,9 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     (enforced with ``isolate=True``). ``min_coverage``: a share of the checks (0 to 1) that
     an implementation must be judged on to pass (conformance.coverage). ``generated``: that
     many generated cases besides the profile's. ``diagnose``: name the likely bug of each
-    failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py). Usage
+    failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py). ``cases``:
+    these cases instead of the profile's (``attnsuite port``). ``outputs_dir``: a folder
+    where each numeric case's output is kept (``judging.output_file``). Usage
     errors (unknown profile, dtype, case, unreadable weights or xfails file) raise
     ValueError before anything runs.
     """
@@ -148,10 +151,12 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     dtypes = list(dtypes) if dtypes else None
     trained_weights = load_weights(weights_path) if weights_path is not None else None
     weights_spec = trained_weights[0] if trained_weights is not None else None
-    cases = select_cases(profile, dtypes, case_filter, seed, weights_spec, generated)
+    if cases is None:
+        cases = select_cases(profile, dtypes, case_filter, seed, weights_spec, generated)
+    cases = list(cases)
     xfail_list = Xfails.coerce(xfails)
     options = Options(device, strict_fully_masked, None if weights_path is None else str(weights_path), seed,
-                      diagnose)
+                      diagnose, None if outputs_dir is None else str(outputs_dir))
     env = environment(profile=profile, dtypes=dtypes, device=device, seed=seed,
                       strict_fully_masked=strict_fully_masked, weights_path=weights_path,
                       weights_spec=weights_spec, cases=cases)
