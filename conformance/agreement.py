@@ -101,16 +101,22 @@ def _forward(spec: AttentionSpec, data: CaseData, permute=None) -> np.ndarray:
     return oracle.forward(spec, weights, data.query, data.key, data.value, data.mask, data.bias)
 
 
-def _permutation(spec: AttentionSpec):
-    """The permutation that would make the target's wq/wk compute what the source did, and
-    the sentence that names it."""
-    style = spec.rope.style
-    layout = {"half": "interleaved (Meta)", "interleaved": "half (HF)"}[style]
-    permute = interleaved_to_half if style == "half" else half_to_interleaved
-    return permute, (f"RoPE: the checkpoint's wq/wk (as the target gets them) look like the "
-                     f"{layout} RoPE layout while the target's RoPE is {style}-style (RoPE style "
-                     f"{OTHER_STYLE[style]} vs {style}): permute them ({permute.__name__}, in "
-                     f"attnsuite.impls.convert.rope)")
+PERMUTATIONS = {"half": interleaved_to_half, "interleaved": half_to_interleaved}  # into that style
+LAYOUT_NAMES = {"half": "half (HF)", "interleaved": "interleaved (Meta)"}
+
+
+def _permutation_text(style: str, permute) -> str:
+    """What it means that ``permute`` of the target's wq/wk reproduces the source, when the
+    target's RoPE is ``style``."""
+    other = OTHER_STYLE[style]
+    if permute is PERMUTATIONS[style]:     # the target got wq/wk laid out for the other style
+        return (f"RoPE: the checkpoint's wq/wk (as the target gets them) look like the "
+                f"{LAYOUT_NAMES[other]} RoPE layout while the target's RoPE is {style}-style "
+                f"(RoPE style {other} vs {style}): permute them ({permute.__name__}, in "
+                f"attnsuite.impls.convert.rope)")
+    return (f"RoPE: the source's wq/wk are the target's permuted by {permute.__name__}: the "
+            f"source reads its weights with the other RoPE style (RoPE style {other} vs "
+            f"{style}): check the layout and rope.style of the source checkpoint")
 
 
 def _retries(target: Side) -> list[tuple[str, str, str, Callable]]:
@@ -118,14 +124,15 @@ def _retries(target: Side) -> list[tuple[str, str, str, Callable]]:
     spec = target.spec
     if spec.rope is None:
         return []
-    permute, permutation_text = _permutation(spec)
+    style = spec.rope.style
     swapped, plain = _swap_style(spec), spec.replace(rope=None)
-    return [
-        ("wq_wk_permutation", permutation_text, "source",
-         lambda data: _forward(spec, data, permute)),
-        ("target_rope_style", f"RoPE style {OTHER_STYLE[spec.rope.style]} vs "
-         f"{spec.rope.style}: the target rotates {OTHER_STYLE[spec.rope.style]} pairs where "
-         f"the spec says {spec.rope.style}", "target", lambda data: _forward(swapped, data)),
+    permutations = [("wq_wk_permutation", _permutation_text(style, permute), "source",
+                     lambda data, permute=permute: _forward(spec, data, permute))
+                    for permute in (PERMUTATIONS[style], PERMUTATIONS[OTHER_STYLE[style]])]
+    return permutations + [
+        ("target_rope_style", f"RoPE style {OTHER_STYLE[style]} vs {style}: the target rotates "
+         f"{OTHER_STYLE[style]} pairs where the spec says {style}", "target",
+         lambda data: _forward(swapped, data)),
         ("rope_not_applied", "RoPE not applied: the target's output is the layer without "
          "rotary embedding (it ignores spec.rope)", "target", lambda data: _forward(plain, data)),
         ("source_rope_not_applied", "RoPE not applied by the source: its output is the layer "

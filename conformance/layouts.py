@@ -43,6 +43,7 @@ class Layout:
     canonical_shape: Callable[[str, tuple], tuple]  # canonical name, stored shape -> its shape
     rope_style: str | None = None
     layer_prefix: str | None = None               # with {N} for --layer
+    self_attention: bool = False                  # keys, values and output are d_model wide
 
 
 def _linear_key(table: dict[str, str]) -> Callable[[str], str]:
@@ -107,11 +108,11 @@ def _mha_shape(name: str, shape: tuple) -> tuple:
 
 LAYOUTS = {
     "hf-llama": Layout("hf-llama", _linear_key(hf.LLAMA), _linear(hf.LLAMA), _transposed,
-                       "half", "model.layers.{N}.self_attn."),
+                       "half", "model.layers.{N}.self_attn.", True),
     "meta-llama": Layout("meta-llama", _linear_key(META), _linear(META), _transposed,
-                         "interleaved", "layers.{N}.attention."),
+                         "interleaved", "layers.{N}.attention.", True),
     "hf-bert": Layout("hf-bert", _linear_key(hf.BERT), _linear(hf.BERT), _transposed,
-                      None, "bert.encoder.layer.{N}.attention."),
+                      None, "bert.encoder.layer.{N}.attention.", True),
     "torch-mha": Layout("torch-mha", _mha_key, _mha, _mha_shape),
     "keras": Layout("keras", _keras_key, _keras, _heads_merged),
     "flax": Layout("flax", lambda n: f"{FLAX_LAYERS[n[1]]}/{FLAX_LEAVES[n[0]]}", _flax, _heads_merged),
@@ -141,6 +142,30 @@ def canonical_shapes(layout: Layout, layer: dict) -> dict[str, tuple]:
     """The canonical name -> shape of every weight whose key the layer holds."""
     return {name: layout.canonical_shape(name, tuple(np.shape(layer[layout.key(name)])))
             for name in NAMES if layout.key(name) in layer}
+
+
+def check_weights_present(layout: Layout, layer: dict, prefix: str, where: str) -> None:
+    """wq, wk, wv and wo are there (the spec is read off their shapes)."""
+    for name in ("wq", "wk", "wv", "wo"):
+        if layout.key(name) not in layer:
+            raise ValueError(f"{where}: missing key {prefix + layout.key(name)!r} (layout {layout.name})")
+
+
+def check_self_attention(layout: Layout, spec: AttentionSpec, layer: dict, prefix: str,
+                         where: str) -> None:
+    """A layout of a self-attention layer (Llama, BERT) has d_model-wide keys, values and
+    output: a stored shape that says otherwise is named, with the shape it should have."""
+    if not layout.self_attention:
+        return
+    plain = weight_shapes(spec.replace(kdim=None, vdim=None, out_dim=None))
+    for name in NAMES:
+        key = layout.key(name)
+        if key in layer and name in plain:
+            got = tuple(np.shape(layer[key]))
+            expected = layout.canonical_shape(name, plain[name])   # a transpose: its own inverse
+            if got != expected:
+                raise ValueError(f"{where}: {prefix + key}: shape {got}, expected {expected} for "
+                                 f"d_model={spec.E} (layout {layout.name})")
 
 
 def check_keys(layout: Layout, spec: AttentionSpec, layer: dict, prefix: str, where: str) -> None:

@@ -45,10 +45,12 @@ from attnsuite.conformance.cli import (_Parser, _seconds, _summary_lines, _Usage
                                        check_output_file)
 from attnsuite.conformance.pool import DEFAULT_TIMEOUT
 from attnsuite.conformance.results import ImplResult, RunResult
-from attnsuite.conformance.weights import _spec_fields, infer_spec, load_weights, save_weights
+from attnsuite.conformance.weights import (SPEC_KEY, _check_finite, _spec_fields, infer_spec, load_weights,
+                                           save_weights)
 from attnsuite.impls.convert.rope import half_to_interleaved, interleaved_to_half
 from attnsuite.impls.registry import find_entry
 from attnsuite.impls.spec import ROPE_STYLES
+from attnsuite.impls.weights import check_weights
 from attnsuite.options import int_in
 from attnsuite.processes import exit_status, interrupt_on_sigterm
 
@@ -127,11 +129,13 @@ def _dtype(layer: dict) -> str:
 
 
 def read_side(path: str, layout_name: str | None, prefix: str | None, layer_number: int | None,
-              spec_fields: dict, option: str) -> tuple[Side, str]:
+              spec_fields: dict, option: str, inherited: dict | None = None) -> tuple[Side, str]:
     """(the side's canonical spec and weights, the stored dtype); ValueError naming the file,
-    key or field that is wrong."""
+    key or field that is wrong. The spec's fields: ``inherited``, then an HF folder's
+    config.json, then ``spec_fields`` (--spec); a layout with a RoPE layout sets rope.style."""
     folder = Path(path).is_dir()
-    fields = dict(checkpoints.hf_spec_fields(path)) if folder else {}
+    fields = dict(inherited or {})
+    fields.update(checkpoints.hf_spec_fields(path) if folder else {})
     fields.update(spec_fields)
     layout = layouts.LAYOUTS[layout_name] if layout_name else (
         layouts.LAYOUTS["hf-llama"] if folder else None)
@@ -143,13 +147,19 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
         raise ValueError(f"{path}: an HF folder holds every layer: give --layer N or --prefix")
     prefix = prefix or ""
     tensors = checkpoints.read_tensors(path, prefix)
+    if SPEC_KEY in tensors and np.asarray(tensors[SPEC_KEY]).dtype.kind == "U":   # a --weights file
+        try:
+            fields = {**_spec_fields(str(tensors.pop(SPEC_KEY))), **fields}
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     layer = layouts.layer_tensors(tensors, prefix, path)
     layout = layout or _guess_layout(layer, path)
+    layouts.check_weights_present(layout, layer, prefix, path)
     shapes = layouts.canonical_shapes(layout, layer)
     if "num_heads" not in fields and layout.name in ("keras", "flax") and layout.key("wq") in layer:
         fields["num_heads"] = int(np.shape(layer[layout.key("wq")])[1])
-    if layout.rope_style and isinstance(fields.get("rope"), dict):
-        fields["rope"] = {**fields["rope"], "style": fields["rope"].get("style", layout.rope_style)}
+    if layout.rope_style and isinstance(fields.get("rope"), dict):   # HF's rotate halves, Meta's pairs
+        fields["rope"] = {**fields["rope"], "style": layout.rope_style}
     if "num_heads" not in fields:
         raise ValueError(f"{option}: num_heads is not in the checkpoint: give --spec "
                          f"'{{\"num_heads\": H, ...}}' (or an HF folder with config.json)")
@@ -157,7 +167,13 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
         spec = infer_spec(fields, shapes)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc} (layout {layout.name}, prefix {prefix!r})") from None
+    layouts.check_self_attention(layout, spec, layer, prefix, path)
     weights = layouts.to_canonical(layout, spec, layer, prefix, path)
+    try:
+        check_weights(spec, weights)
+        _check_finite(weights)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc} (layout {layout.name}, prefix {prefix!r})") from None
     return Side(spec, weights, f"{path} [{layout.name}, prefix {prefix!r}]"), _dtype(layer)
 
 
@@ -285,7 +301,8 @@ def _sides(args) -> tuple[Side, Side, str]:
     if args.ported:
         prefix = args.ported_prefix
         target, _ = read_side(args.ported, args.ported_layout, prefix,
-                              args.layer if prefix is None else None, fields, "--ported")
+                              args.layer if prefix is None else None, fields, "--ported",
+                              inherited=source.spec.to_dict())
         _check_sizes(source, target)
     else:
         target = source
