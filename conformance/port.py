@@ -69,7 +69,8 @@ def build_parser() -> _Parser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or HF folder")
     p.add_argument("--source", required=True, metavar="IMPL",
-                   help="the implementation the checkpoint comes from (registered name)")
+                   help="the implementation the checkpoint comes from (a registered name or "
+                        "FRAMEWORK:module.path:factory)")
     p.add_argument("--target", required=True, action="append", metavar="IMPL",
                    help="an implementation it is ported to; repeatable")
     p.add_argument("--layout", choices=layouts.LAYOUTS, help="the checkpoint's key layout")
