@@ -31,6 +31,7 @@ not fit, an unknown layout or implementation), found before anything runs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -111,7 +112,10 @@ def _spec_text(text: str | None) -> dict:
     if not text.lstrip().startswith("{") and path.is_file():
         text = path.read_text()
     try:
+        json.loads(text)
         return _spec_fields(text)
+    except json.JSONDecodeError as exc:
+        raise _UsageError(f"--spec: neither JSON nor a file of it: {exc}") from None
     except ValueError as exc:
         raise _UsageError(f"--spec: {exc}") from None
 

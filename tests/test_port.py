@@ -61,6 +61,8 @@ def test_hf_llama_layer_ported_to_the_oracle_and_torch_agrees(checkpoints, capsy
                                              f"port: {EAGER} -> transformers.LlamaAttention.sdpa"]
     assert all(i["verdict"] == "pass" and i["counts"] == {"pass": 2} for i in compared)
     assert report["environment"]["port"]["source"]["implementation"] == EAGER
+    # The weights the sides ran on stay beside the report, for the reproduce lines.
+    assert (tmp_path / "report" / "source-weights.npz").is_file()
 
 
 def test_meta_checkpoint_permuted_by_the_suite_agrees(checkpoints, capsys):
@@ -127,6 +129,16 @@ def test_bad_checkpoint_is_a_usage_error_naming_key_or_file(checkpoints, capsys,
 ])
 def test_wrong_layer_or_layout_is_a_usage_error(checkpoints, capsys, args, message):
     code, out, err = port(capsys, checkpoints["hf"], *args, "--source", EAGER, "--target", "numpy.oracle")
+    assert code == 2 and message in err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{num_heads: 4}", "--spec: neither JSON nor a file of it"),
+    ('{"num_heads": 4, "rope": {"theta": -1}}', "AttentionSpec.rope: 'theta' must be"),
+])
+def test_bad_spec_is_a_usage_error_naming_it(checkpoints, capsys, spec, message):
+    code, out, err = port(capsys, checkpoints["meta"], "--layout", "meta-llama", "--layer", 0,
+                          "--spec", spec, "--source", "numpy.oracle", "--target", EAGER)
     assert code == 2 and message in err
 
 
