@@ -162,7 +162,7 @@ def hf_spec_fields(folder) -> dict:
     model_type = config.get("model_type")
     if model_type not in LLAMA_LIKE:
         raise ValueError(f"{where}: model_type {model_type!r} is not one whose attention this "
-                         f"reads ({', '.join(LLAMA_LIKE)}); give --spec and --layout instead")
+                         f"reads ({', '.join(LLAMA_LIKE)}); give --layout and --spec instead")
     for field in ("hidden_size", "num_attention_heads"):
         if not isinstance(config.get(field), int):
             raise ValueError(f"{where}: {field} missing or not an int (got {config.get(field)!r})")

@@ -139,9 +139,6 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
     key or field that is wrong. The spec's fields: ``inherited``, then an HF folder's
     config.json, then ``spec_fields`` (--spec); a layout with a RoPE layout sets rope.style."""
     folder = Path(path).is_dir()
-    fields = dict(inherited or {})
-    fields.update(checkpoints.hf_spec_fields(path) if folder else {})
-    fields.update(spec_fields)
     layout = layouts.LAYOUTS[layout_name] if layout_name else (
         layouts.LAYOUTS["hf-llama"] if folder else None)
     if prefix is None and layer_number is not None:
@@ -152,11 +149,15 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
         raise ValueError(f"{path}: an HF folder holds every layer: give --layer N or --prefix")
     prefix = prefix or ""
     tensors = checkpoints.read_tensors(path, prefix)
-    if SPEC_KEY in tensors and np.asarray(tensors[SPEC_KEY]).dtype.kind == "U":   # a --weights file
+    fields = dict(inherited or {})
+    if folder and layout.name == "hf-llama":     # another layout's config is the user's --spec
+        fields.update(checkpoints.hf_spec_fields(path))
+    elif SPEC_KEY in tensors and np.asarray(tensors[SPEC_KEY]).dtype.kind == "U":   # a --weights file
         try:
-            fields = {**_spec_fields(str(tensors.pop(SPEC_KEY))), **fields}
+            fields.update(_spec_fields(str(tensors.pop(SPEC_KEY))))
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
+    fields.update(spec_fields)
     layer = layouts.layer_tensors(tensors, prefix, path)
     layout = layout or _guess_layout(layer, path)
     layouts.check_weights_present(layout, layer, prefix, path)
@@ -273,6 +274,8 @@ def run_port(source_name: str, targets: list[str], source: Side, target: Side, c
 
     outputs = folder / "outputs"
     outputs.mkdir(exist_ok=True)
+    for stale in outputs.glob("*.npy"):     # of a run into the same --report folder that was killed
+        stale.unlink()
     source_path, source = _saved(source, folder, "source-weights")
     same = target.spec == source.spec and all(np.array_equal(target.weights[n], source.weights[n])
                                               for n in source.weights)
