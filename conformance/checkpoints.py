@@ -9,6 +9,9 @@
 | ``.npz`` | NumPy, no pickles | as stored |
 | a folder (an HF checkpoint) | ``model.safetensors`` (or its shards' index) or ``pytorch_model.bin`` | as stored; ``config.json`` gives the spec (``hf_spec_fields``) |
 
+Meta's ``consolidated.*.pth`` is a PyTorch file; the ``params.json`` beside it gives the spec
+(``meta_spec_fields``).
+
 Every failure is a ValueError naming the file; the library a format needs is named when it
 is missing (``safetensors`` is in the ``test`` and ``ecosystem`` extras).
 """
@@ -21,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+META_PARAMS = "params.json"     # beside Meta's consolidated.*.pth
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
@@ -179,3 +183,32 @@ def hf_spec_fields(folder) -> dict:
             "num_kv_heads": config.get("num_key_value_heads") or heads, "head_dim": head_dim,
             "bias": bool(config.get("attention_bias", False)), "causal": "bottom_right",
             "rope": rope}
+
+
+def has_meta_params(checkpoint) -> bool:
+    """A file with Meta's ``params.json`` beside it (a ``consolidated.*.pth``)."""
+    path = Path(checkpoint)
+    return path.is_file() and (path.parent / META_PARAMS).is_file()
+
+
+def meta_spec_fields(checkpoint) -> dict:
+    """AttentionSpec fields from the ``params.json`` beside a Meta checkpoint (``dim``,
+    ``n_heads``, ``n_kv_heads``, ``rope_theta``; causal bottom-right, interleaved RoPE), or
+    {} when there is none."""
+    path = Path(checkpoint).parent / META_PARAMS
+    if not path.is_file():
+        return {}
+    try:
+        params = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read it: {exc}") from None
+    for field in ("dim", "n_heads"):
+        if not isinstance(params.get(field), int):
+            raise ValueError(f"{path}: {field} missing or not an int (got {params.get(field)!r})")
+    if params.get("use_scaled_rope"):
+        raise ValueError(f"{path}: use_scaled_rope scales RoPE's frequencies, which the spec "
+                         f"does not have (only plain RoPE)")
+    return {"d_model": params["dim"], "num_heads": params["n_heads"],
+            "num_kv_heads": params.get("n_kv_heads") or params["n_heads"], "bias": False,
+            "causal": "bottom_right",
+            "rope": {"style": "interleaved", "theta": float(params.get("rope_theta", 10000.0))}}

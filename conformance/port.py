@@ -9,10 +9,12 @@
 
 CHECKPOINT is a PyTorch state_dict (.pt/.pth/.bin), .safetensors, a Keras .weights.h5, flax
 msgpack params, a canonical .npz, or an HF checkpoint folder (config.json gives the spec;
---layer N picks model.layers.N.self_attn.). --layout names the keys (hf-llama, meta-llama,
-hf-bert, torch-mha, keras, flax, canonical; guessed from the keys when left out); a layout
+--layer N picks model.layers.N.self_attn.), or Meta's consolidated.*.pth (params.json
+beside it gives the spec). --layout names the keys (hf-llama, meta-llama,
+hf-bert, torch-mha, keras, flax, canonical; hf-llama for an HF folder, meta-llama beside a
+params.json, else guessed from the keys when left out); a layout
 with RoPE fixes the style of its wq/wk (meta-llama: interleaved, hf-llama: half). The spec
-comes from config.json, else from --spec (JSON, or a file of it: the fields of
+comes from config.json or params.json, else from --spec (JSON, or a file of it: the fields of
 AttentionSpec; sizes it leaves out are read off the weights).
 
 The source implementation runs on the checkpoint's weights; the targets on the same
@@ -136,11 +138,15 @@ def _dtype(layer: dict) -> str:
 def read_side(path: str, layout_name: str | None, prefix: str | None, layer_number: int | None,
               spec_fields: dict, option: str, inherited: dict | None = None) -> tuple[Side, str]:
     """(the side's canonical spec and weights, the stored dtype); ValueError naming the file,
-    key or field that is wrong. The spec's fields: ``inherited``, then an HF folder's
-    config.json, then ``spec_fields`` (--spec); a layout with a RoPE layout sets rope.style."""
+    key or field that is wrong. The spec's fields: ``inherited``, then the checkpoint's own
+    (an HF folder's config.json, the params.json beside a Meta checkpoint, a --weights file's
+    spec), then ``spec_fields`` (--spec); a layout with a RoPE layout sets rope.style."""
     folder = Path(path).is_dir()
-    layout = layouts.LAYOUTS[layout_name] if layout_name else (
-        layouts.LAYOUTS["hf-llama"] if folder else None)
+    if layout_name is None and folder:
+        layout_name = "hf-llama"
+    elif layout_name is None and checkpoints.has_meta_params(path):
+        layout_name = "meta-llama"
+    layout = layouts.LAYOUTS[layout_name] if layout_name else None
     if prefix is None and layer_number is not None:
         if layout is None:
             raise ValueError(f"--layer: give --layout (or --prefix) for {path}")
@@ -149,17 +155,20 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
         raise ValueError(f"{path}: an HF folder holds every layer: give --layer N or --prefix")
     prefix = prefix or ""
     tensors = checkpoints.read_tensors(path, prefix)
+    own = tensors.pop(SPEC_KEY, None) if not folder else None      # a --weights file's spec
+    layer = layouts.layer_tensors(tensors, prefix, path)
+    layout = layout or _guess_layout(layer, path)
     fields = dict(inherited or {})
     if folder and layout.name == "hf-llama":     # another layout's config is the user's --spec
         fields.update(checkpoints.hf_spec_fields(path))
-    elif SPEC_KEY in tensors and np.asarray(tensors[SPEC_KEY]).dtype.kind == "U":   # a --weights file
+    elif layout.name == "meta-llama":
+        fields.update(checkpoints.meta_spec_fields(path))
+    elif own is not None:
         try:
-            fields.update(_spec_fields(str(tensors.pop(SPEC_KEY))))
+            fields.update(_spec_fields(str(own)))
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
     fields.update(spec_fields)
-    layer = layouts.layer_tensors(tensors, prefix, path)
-    layout = layout or _guess_layout(layer, path)
     layouts.check_weights_present(layout, layer, prefix, path)
     shapes = layouts.canonical_shapes(layout, layer)
     if "num_heads" not in fields and layout.name in ("keras", "flax") and layout.key("wq") in layer:
@@ -168,7 +177,7 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
         fields["rope"] = {**fields["rope"], "style": layout.rope_style}
     if "num_heads" not in fields:
         raise ValueError(f"{option}: num_heads is not in the checkpoint: give --spec "
-                         f"'{{\"num_heads\": H, ...}}' (or an HF folder with config.json)")
+                         f"'{{\"num_heads\": H, ...}}' (or an HF folder's config.json, a Meta params.json)")
     try:
         spec = infer_spec(fields, shapes)
     except ValueError as exc:

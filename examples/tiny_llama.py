@@ -6,14 +6,16 @@ its first attention layer for ``attnsuite port``: Meta's original layout, and a 
 writes
 - ``OUT_DIR/tiny-llama/``: ``save_pretrained`` of a 2-layer Llama (hidden 32, 4 heads, 2 key/value
   heads, head_dim 8), ``config.json`` + ``model.safetensors``;
-- ``OUT_DIR/tiny-llama-meta.pth``: layer 0's attention as Meta's checkpoints hold it
-  (``layers.0.attention.wq.weight`` ..., wq/wk in the interleaved RoPE layout);
+- ``OUT_DIR/tiny-llama-meta/``: layer 0's attention as Meta's checkpoints hold it
+  (``consolidated.00.pth`` with ``layers.0.attention.wq.weight`` ..., wq/wk in the interleaved
+  RoPE layout, and ``params.json``);
 - ``OUT_DIR/tiny-llama-unpermuted/``: an HF folder made from that Meta checkpoint by renaming
   the keys only, forgetting the wq/wk permutation that HF's conversion script does.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -57,9 +59,18 @@ def _torch_weights(weights: dict, prefix: str, names: dict) -> dict:
             for n in ("wq", "wk", "wv", "wo")}
 
 
-def save_meta(hf_folder, path) -> Path:
-    torch.save(_torch_weights(layer0_meta(hf_folder), META_LAYER, META_NAMES), path)
-    return Path(path)
+def save_meta(hf_folder, folder) -> Path:
+    """Meta's layout: ``consolidated.00.pth`` and ``params.json``; returns the checkpoint."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c = CONFIG
+    params = {"dim": c["hidden_size"], "n_layers": c["num_hidden_layers"],
+              "n_heads": c["num_attention_heads"], "n_kv_heads": c["num_key_value_heads"],
+              "vocab_size": c["vocab_size"], "norm_eps": 1e-6, "rope_theta": 10000.0}
+    (folder / "params.json").write_text(json.dumps(params, indent=2))
+    torch.save(_torch_weights(layer0_meta(hf_folder), META_LAYER, META_NAMES),
+               folder / "consolidated.00.pth")
+    return folder / "consolidated.00.pth"
 
 
 def save_unpermuted(hf_folder, folder) -> Path:
@@ -73,6 +84,6 @@ def save_unpermuted(hf_folder, folder) -> Path:
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     hf = save_tiny_llama(out / "tiny-llama")
-    save_meta(hf, out / "tiny-llama-meta.pth")
+    meta = save_meta(hf, out / "tiny-llama-meta")
     save_unpermuted(hf, out / "tiny-llama-unpermuted")
-    print(f"wrote {hf}, {out / 'tiny-llama-meta.pth'}, {out / 'tiny-llama-unpermuted'}")
+    print(f"wrote {hf}, {meta}, {out / 'tiny-llama-unpermuted'}")

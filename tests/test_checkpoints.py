@@ -156,3 +156,17 @@ def test_unreadable_files_are_named(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=str(tmp_path / name)):
         checkpoints.read_tensors(tmp_path / name)
+
+
+def test_meta_params_json_gives_the_spec(tmp_path):
+    params = {"dim": 64, "n_heads": 8, "n_kv_heads": 2, "rope_theta": 500000.0, "norm_eps": 1e-5}
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    fields = checkpoints.meta_spec_fields(tmp_path / "consolidated.00.pth")
+    assert AttentionSpec.from_dict(fields) == AttentionSpec(
+        64, 8, num_kv_heads=2, bias=False, causal="bottom_right",
+        rope={"style": "interleaved", "theta": 500000.0})
+    params["use_scaled_rope"] = True
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    with pytest.raises(ValueError, match="params.json: use_scaled_rope"):
+        checkpoints.meta_spec_fields(tmp_path / "consolidated.00.pth")
+    assert checkpoints.meta_spec_fields(tmp_path / "elsewhere" / "x.pth") == {}

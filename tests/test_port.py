@@ -28,7 +28,6 @@ SPEC.loader.exec_module(tiny_llama)
 
 EAGER = "transformers.LlamaAttention.eager"
 SWAPPED = "numpy:tests.plugins.rope_impls:swapped_style"
-META_SPEC = json.dumps({"num_heads": 4, "causal": "bottom_right", "rope": {}})
 # Few cases, each a numeric one the agreement compares.
 PERMUTE_MESSAGE = ("RoPE: the checkpoint's wq/wk (as the target gets them) look like the interleaved "
                    "(Meta) RoPE layout while the target's RoPE is half-style (RoPE style interleaved "
@@ -40,7 +39,7 @@ CASES = ["--case", "*-B2-Lq5-Lk5-float32", "--case", "*-B2-Lq5-Lk9-mask_random-f
 def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("port")
     hf = tiny_llama.save_tiny_llama(out / "tiny-llama")
-    return {"hf": hf, "meta": tiny_llama.save_meta(hf, out / "meta.pth"),
+    return {"hf": hf, "meta": tiny_llama.save_meta(hf, out / "meta"),
             "unpermuted": tiny_llama.save_unpermuted(hf, out / "unpermuted")}
 
 
@@ -73,15 +72,17 @@ def test_hf_llama_layer_ported_to_the_oracle_and_torch_agrees(checkpoints, capsy
 
 def test_meta_checkpoint_permuted_by_the_suite_agrees(checkpoints, capsys):
     code, out, err = port(capsys, checkpoints["meta"], "--layout", "meta-llama", "--layer", 0,
-                          "--spec", META_SPEC, "--source", "numpy.oracle", "--target", "numpy.oracle",
+                          "--source", "numpy.oracle", "--target", "numpy.oracle",
                           "--target-style", "half", *CASES)
     assert code == 0, out + err
+    # The spec came from params.json: interleaved RoPE for Meta's wq/wk, half for the targets.
+    assert "rope={'style': 'interleaved'}" in out and "rope={'style': 'half'}" in out
     assert "interleaved_to_half" in out and "PORT OK" in out
 
 
 def test_port_without_the_wq_wk_permutation_fails_pointing_at_rope(checkpoints, capsys):
     code, out, err = port(capsys, checkpoints["meta"], "--layout", "meta-llama", "--layer", 0,
-                          "--spec", META_SPEC, "--source", "numpy.oracle", "--target", "numpy.oracle",
+                          "--source", "numpy.oracle", "--target", "numpy.oracle",
                           "--ported", checkpoints["unpermuted"], *CASES)
     assert code == 1, out + err
     verdict = out.strip().splitlines()[-1]
@@ -156,8 +157,10 @@ def test_bad_spec_is_a_usage_error_naming_it(checkpoints, capsys, spec, message)
     assert code == 2 and message in err
 
 
-def test_meta_checkpoint_without_a_spec_asks_for_num_heads(checkpoints, capsys):
-    code, out, err = port(capsys, checkpoints["meta"], "--layout", "meta-llama", "--layer", 0,
+def test_meta_checkpoint_without_params_json_or_spec_asks_for_num_heads(checkpoints, capsys, tmp_path):
+    alone = tmp_path / "consolidated.00.pth"
+    alone.write_bytes(checkpoints["meta"].read_bytes())
+    code, out, err = port(capsys, alone, "--layout", "meta-llama", "--layer", 0,
                           "--source", "numpy.oracle", "--target", EAGER)
     assert code == 2 and "num_heads" in err and "--spec" in err
 
