@@ -338,9 +338,11 @@ def _verdict(run: RunResult, source_name: str, targets: list[str]) -> str:
         return (f"PORT OK: {source_name} -> {', '.join(targets)}: every side passes the oracle "
                 f"and each target agrees with the source ({judged} comparisons{worst})")
     failing = [i.name for i in run.implementations if i.verdict != "pass"]
-    cause = next((d["explanation"] for i in compared if i.verdict == "fail"
-                  for d in (i.diagnosis or [])[:1]), None)
-    because = f": {cause}" if cause else ""
+    causes = [(i.name.rpartition(" -> ")[2], i.diagnosis[0]["explanation"]) for i in compared
+              if i.verdict == "fail" and i.diagnosis]
+    if len(causes) == 1:
+        return f"PORT FAILS: {', '.join(failing)}: {causes[0][1]}"
+    because = "".join(f"; {target}: {cause}" for target, cause in causes)
     return f"PORT FAILS: {', '.join(failing)}{because}"
 
 
