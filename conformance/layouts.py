@@ -148,7 +148,8 @@ def check_weights_present(layout: Layout, layer: dict, prefix: str, where: str) 
     """wq, wk, wv and wo are there (the spec is read off their shapes)."""
     for name in ("wq", "wk", "wv", "wo"):
         if layout.key(name) not in layer:
-            raise ValueError(f"{where}: missing key {prefix + layout.key(name)!r} (layout {layout.name})")
+            raise ValueError(f"{where}: missing key {prefix + layout.key(name)!r} "
+                             f"(layout {layout.name})")
 
 
 def check_self_attention(layout: Layout, spec: AttentionSpec, layer: dict, prefix: str,

@@ -48,8 +48,8 @@ from attnsuite.conformance.cli import (_Parser, _seconds, _summary_lines, _Usage
                                        check_output_file)
 from attnsuite.conformance.pool import DEFAULT_TIMEOUT
 from attnsuite.conformance.results import ImplResult, RunResult
-from attnsuite.conformance.weights import (SPEC_KEY, _check_finite, _spec_fields, infer_spec, load_weights,
-                                           save_weights)
+from attnsuite.conformance.weights import (SPEC_KEY, _check_finite, _spec_fields, infer_spec,
+                                           load_weights, save_weights)
 from attnsuite.impls.convert.rope import half_to_interleaved, interleaved_to_half
 from attnsuite.impls.registry import find_entry
 from attnsuite.impls.spec import ROPE_STYLES
@@ -58,7 +58,7 @@ from attnsuite.options import int_in
 from attnsuite.processes import exit_status, interrupt_on_sigterm
 
 PROG = "attnsuite port"
-SIZES = ("E", "E_k", "E_v", "E_o")      # what the two sides of a port must share: the inputs' and output's widths
+SIZES = ("E", "E_k", "E_v", "E_o")      # the sizes both sides of a port must share
 # Layouts guessed from a key under the prefix, in this order.
 GUESS = (("q_proj.weight", "hf-llama"), ("wq.weight", "meta-llama"), ("self.query.weight", "hf-bert"),
          ("in_proj_weight", "torch-mha"), ("query_dense/vars/0", "keras"), ("query/kernel", "flax"),
@@ -177,7 +177,8 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
         fields["rope"] = {**fields["rope"], "style": layout.rope_style}
     if "num_heads" not in fields:
         raise ValueError(f"{option}: num_heads is not in the checkpoint: give --spec "
-                         f"'{{\"num_heads\": H, ...}}' (or an HF folder's config.json, a Meta params.json)")
+                         f"'{{\"num_heads\": H, ...}}' (or an HF folder's config.json, a Meta "
+                         f"params.json)")
     try:
         spec = infer_spec(fields, shapes)
     except ValueError as exc:
@@ -314,7 +315,8 @@ def run_port(source_name: str, targets: list[str], source: Side, target: Side, c
 
 def _sides(args) -> tuple[Side, Side, str]:
     fields = _spec_text(args.spec)
-    source, dtype = read_side(args.checkpoint, args.layout, args.prefix, args.layer, fields, "CHECKPOINT")
+    source, dtype = read_side(args.checkpoint, args.layout, args.prefix, args.layer, fields,
+                              "CHECKPOINT")
     if args.ported:
         prefix = args.ported_prefix
         target, _ = read_side(args.ported, args.ported_layout, prefix,

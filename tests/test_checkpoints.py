@@ -25,7 +25,8 @@ def canonical(spec, seed=0):
 
 
 def assert_read_back(path, spec, weights, layout, prefix="", fields=None):
-    side, dtype = read_side(str(path), layout, prefix, None, fields or {"num_heads": spec.H}, "CHECKPOINT")
+    side, dtype = read_side(str(path), layout, prefix, None, fields or {"num_heads": spec.H},
+                            "CHECKPOINT")
     assert side.spec == spec
     assert sorted(side.weights) == sorted(weights)
     for name, w in weights.items():
@@ -40,7 +41,8 @@ def test_torch_multihead_attention_state_dict(tmp_path):
     weights = canonical(SPEC)
     layer = torch.nn.MultiheadAttention(16, 4, batch_first=True)
     layer.load_state_dict(canonical_to_mha(SPEC, weights))
-    torch.save({"encoder": {"attn": layer.state_dict()}}, tmp_path / "mha.pt")   # nested, as models hold it
+    # Nested, as a model's state holds a layer's.
+    torch.save({"encoder": {"attn": layer.state_dict()}}, tmp_path / "mha.pt")
     assert_read_back(tmp_path / "mha.pt", SPEC, weights, "torch-mha", prefix="encoder.attn.")
 
 
@@ -151,7 +153,8 @@ def test_hf_config_that_the_spec_cannot_hold_is_named(tmp_path, change, message)
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("name, content", [("w.xyz", b"..."), ("w.npz", b"not a zip"), ("w.pt", b"junk")])
+@pytest.mark.parametrize("name, content",
+                         [("w.xyz", b"..."), ("w.npz", b"not a zip"), ("w.pt", b"junk")])
 def test_unreadable_files_are_named(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=str(tmp_path / name)):

@@ -113,7 +113,8 @@ def test_a_disagreement_rope_does_not_explain_is_not_blamed_on_rope(checkpoints,
     ("shape", "model.layers.0.self_attn.k_proj.weight: shape (16, 16), expected (16, 32)"),
     ("garbage", "cannot read it as safetensors"),
 ])
-def test_bad_checkpoint_is_a_usage_error_naming_key_or_file(checkpoints, capsys, tmp_path, change, message):
+def test_bad_checkpoint_is_a_usage_error_naming_key_or_file(checkpoints, capsys, tmp_path, change,
+                                                            message):
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "broken"
@@ -143,7 +144,8 @@ def test_bad_checkpoint_is_a_usage_error_naming_key_or_file(checkpoints, capsys,
     ([], "give --layer N or --prefix"),
 ])
 def test_wrong_layer_or_layout_is_a_usage_error(checkpoints, capsys, args, message):
-    code, out, err = port(capsys, checkpoints["hf"], *args, "--source", EAGER, "--target", "numpy.oracle")
+    code, out, err = port(capsys, checkpoints["hf"], *args, "--source", EAGER,
+                          "--target", "numpy.oracle")
     assert code == 2 and message in err
 
 
