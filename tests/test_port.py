@@ -52,7 +52,7 @@ def port(capsys, *args) -> tuple[int, str, str]:
 def test_hf_llama_layer_ported_to_the_oracle_and_torch_agrees(checkpoints, capsys, tmp_path):
     code, out, err = port(capsys, checkpoints["hf"], "--layer", 0, "--source", EAGER,
                           "--target", "numpy.oracle", "--target", "transformers.LlamaAttention.sdpa",
-                          "--report", tmp_path / "report", *CASES)
+                          "--report", tmp_path / "report", "--junit-xml", tmp_path / "junit.xml", *CASES)
     assert code == 0, out + err
     assert "PORT OK" in out
     # The spec came from config.json: grouped heads, causal, half-style RoPE.
@@ -63,6 +63,7 @@ def test_hf_llama_layer_ported_to_the_oracle_and_torch_agrees(checkpoints, capsy
                                              f"port: {EAGER} -> transformers.LlamaAttention.sdpa"]
     assert all(i["verdict"] == "pass" and i["counts"] == {"pass": 2} for i in compared)
     assert report["environment"]["port"]["source"]["implementation"] == EAGER
+    assert f'name="port: {EAGER} -&gt; numpy.oracle"' in (tmp_path / "junit.xml").read_text()
     # The weights the sides ran on stay beside the report, for the reproduce lines.
     assert (tmp_path / "report" / "source-weights.npz").is_file()
 
