@@ -6,7 +6,7 @@
 | ``hf-llama`` | ``{q,k,v,o}_proj.{weight,bias}``, torch (out, in) | half | ``model.layers.N.self_attn.`` |
 | ``meta-llama`` | ``{wq,wk,wv,wo}.weight`` (Meta's ``consolidated.*.pth``) | interleaved | ``layers.N.attention.`` |
 | ``hf-bert`` | ``self.{query,key,value}``, ``output.dense`` | (none) | ``bert.encoder.layer.N.attention.`` |
-| ``torch-mha`` | ``nn.MultiheadAttention``: ``in_proj_weight``, ``out_proj.weight``, ... | (none) | |
+| ``torch-mha`` | ``nn.MultiheadAttention``: ``in_proj_weight`` (or ``q/k/v_proj_weight``), ``out_proj.weight``, ... | (none) | |
 | ``keras`` | a ``.weights.h5``'s ``{query,key,value,output}_dense/vars/{0,1}`` | (none) | |
 | ``flax`` | ``{query,key,value,out}/{kernel,bias}`` | (none) | |
 | ``canonical`` | ``wq, wk, wv, wo[, bq, bk, bv, bo]`` | (the spec's) | |
@@ -44,6 +44,11 @@ class Layout:
     rope_style: str | None = None
     layer_prefix: str | None = None               # with {N} for --layer
     self_attention: bool = False                  # keys, values and output are d_model wide
+    variant: Callable[[dict], "Layout | None"] | None = None   # another key set, by the keys there
+
+    def for_layer(self, layer: dict) -> "Layout":
+        """This layout, or its variant that the layer's keys are in."""
+        return (self.variant(layer) if self.variant else None) or self
 
 
 def _linear_key(table: dict[str, str]) -> Callable[[str], str]:
@@ -98,6 +103,18 @@ def _mha(spec, state):
     return to_numpy(mha_to_canonical(spec, state))
 
 
+def _mha_separate_key(name: str) -> str:
+    """nn.MultiheadAttention with kdim or vdim: q/k/v_proj_weight apart, biases still stacked."""
+    return f"{name[1]}_proj_weight" if name[0] == "w" and name[1] != "o" else _mha_key(name)
+
+
+def _mha_separate_shape(name: str, shape: tuple) -> tuple:
+    return _transposed(name, shape) if name[0] == "w" else _mha_shape(name, shape)
+
+
+MHA_SEPARATE = Layout("torch-mha", _mha_separate_key, _mha, _mha_separate_shape)
+
+
 def _mha_shape(name: str, shape: tuple) -> tuple:
     if name[1] != "o" and name[0] == "w":    # in_proj_weight (3E, E): q, k, v stacked
         return (shape[1], shape[0] // 3)
@@ -113,7 +130,8 @@ LAYOUTS = {
                          "interleaved", "layers.{N}.attention.", True),
     "hf-bert": Layout("hf-bert", _linear_key(hf.BERT), _linear(hf.BERT), _transposed,
                       None, "bert.encoder.layer.{N}.attention.", True),
-    "torch-mha": Layout("torch-mha", _mha_key, _mha, _mha_shape),
+    "torch-mha": Layout("torch-mha", _mha_key, _mha, _mha_shape,
+                        variant=lambda layer: MHA_SEPARATE if "q_proj_weight" in layer else None),
     "keras": Layout("keras", _keras_key, _keras, _heads_merged),
     "flax": Layout("flax", lambda n: f"{FLAX_LAYERS[n[1]]}/{FLAX_LEAVES[n[0]]}", _flax, _heads_merged),
     "canonical": Layout("canonical", lambda n: n, lambda spec, state: dict(state), lambda n, s: s),

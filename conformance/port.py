@@ -61,7 +61,7 @@ PROG = "attnsuite port"
 SIZES = ("E", "E_k", "E_v", "E_o")      # the sizes both sides of a port must share
 # Layouts guessed from a key under the prefix, in this order.
 GUESS = (("q_proj.weight", "hf-llama"), ("wq.weight", "meta-llama"), ("self.query.weight", "hf-bert"),
-         ("in_proj_weight", "torch-mha"), ("query_dense/vars/0", "keras"), ("query/kernel", "flax"),
+         ("in_proj_weight", "torch-mha"), ("q_proj_weight", "torch-mha"), ("query_dense/vars/0", "keras"), ("query/kernel", "flax"),
          ("wq", "canonical"))
 
 
@@ -157,7 +157,7 @@ def read_side(path: str, layout_name: str | None, prefix: str | None, layer_numb
     tensors = checkpoints.read_tensors(path, prefix)
     own = tensors.pop(SPEC_KEY, None) if not folder else None      # a --weights file's spec
     layer = layouts.layer_tensors(tensors, prefix, path)
-    layout = layout or _guess_layout(layer, path)
+    layout = (layout or _guess_layout(layer, path)).for_layer(layer)
     fields = dict(inherited or {})
     if folder and layout.name == "hf-llama":     # another layout's config is the user's --spec
         fields.update(checkpoints.hf_spec_fields(path))

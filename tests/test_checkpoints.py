@@ -46,6 +46,18 @@ def test_torch_multihead_attention_state_dict(tmp_path):
     assert_read_back(tmp_path / "mha.pt", SPEC, weights, "torch-mha", prefix="encoder.attn.")
 
 
+def test_torch_cross_attention_with_its_projections_apart(tmp_path):
+    torch = require("torch") and __import__("torch")
+    from attnsuite.impls.convert.torch import canonical_to_mha
+
+    spec = AttentionSpec(16, 4, kdim=8, vdim=12)
+    weights = canonical(spec)
+    layer = torch.nn.MultiheadAttention(16, 4, kdim=8, vdim=12, batch_first=True)
+    layer.load_state_dict(canonical_to_mha(spec, weights))
+    torch.save(layer.state_dict(), tmp_path / "cross.pt")
+    assert_read_back(tmp_path / "cross.pt", spec, weights, None)     # the layout guessed
+
+
 @pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
 def test_hf_llama_keys_in_torch_and_safetensors_files(tmp_path, suffix):
     torch = require("torch") and __import__("torch")
