@@ -338,7 +338,8 @@ def _verdict(run: RunResult, source_name: str, targets: list[str]) -> str:
     worst = f", max |diff| {max(diffs):.3g}" if diffs else ""
     if run.ok:
         return (f"PORT OK: {source_name} -> {', '.join(targets)}: every side passes the oracle "
-                f"and each target agrees with the source ({judged} comparisons{worst})")
+                f"and each target agrees with the source (outputs compared on {judged} "
+                f"case{'s' if judged != 1 else ''}{worst})")
     failing = [i.name for i in run.implementations if i.verdict != "pass"]
     causes = [(i.name.rpartition(" -> ")[2], i.diagnosis[0]["explanation"]) for i in compared
               if i.verdict == "fail" and i.diagnosis]

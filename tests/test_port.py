@@ -176,3 +176,17 @@ def test_ported_checkpoint_of_another_width_is_a_usage_error(checkpoints, capsys
                           "--target", "numpy.oracle", "--ported", tmp_path / "narrow.npz",
                           "--ported-prefix", "")
     assert code == 2 and "weights['wq']: expected shape (32, 32), got (16, 16)" in err
+
+
+def test_cross_attention_state_dict_ported_to_ours_agrees(capsys, tmp_path):
+    """A rope-free layer (nn.MultiheadAttention with kdim and vdim) inside a model's state:
+    the cases stay three-tensor calls, and our fused layer agrees with it."""
+    torch.manual_seed(0)
+    layer = torch.nn.MultiheadAttention(16, 4, kdim=8, vdim=12, batch_first=True)
+    torch.save({"decoder": {"cross": layer.state_dict()}}, tmp_path / "model.pt")
+    code, out, err = port(capsys, tmp_path / "model.pt", "--prefix", "decoder.cross.",
+                          "--spec", '{"num_heads": 4}', "--source", "torch.nn.MultiheadAttention",
+                          "--target", "torch.fused", "--case", "*-B2-Lq5-Lk9-mask_random-float32")
+    assert code == 0, out + err
+    assert "[torch-mha, prefix 'decoder.cross.']" in out and "kdim=8, vdim=12" in out
+    assert "PORT OK" in out and "(outputs compared on 1 case," in out
