@@ -341,11 +341,13 @@ def _verdict(run: RunResult, source_name: str, targets: list[str]) -> str:
                 f"and each target agrees with the source (outputs compared on {judged} "
                 f"case{'s' if judged != 1 else ''}{worst})")
     failing = [i.name for i in run.implementations if i.verdict != "pass"]
-    causes = [(i.name.rpartition(" -> ")[2], i.diagnosis[0]["explanation"]) for i in compared
-              if i.verdict == "fail" and i.diagnosis]
-    if len(causes) == 1:
-        return f"PORT FAILS: {', '.join(failing)}: {causes[0][1]}"
-    because = "".join(f"; {target}: {cause}" for target, cause in causes)
+    causes: dict[str, list[str]] = {}     # each cause once, with the targets it explains
+    for i in compared:
+        if i.verdict == "fail" and i.diagnosis:
+            causes.setdefault(i.diagnosis[0]["explanation"], []).append(i.name.rpartition(" -> ")[2])
+    if sum(map(len, causes.values())) == 1:
+        return f"PORT FAILS: {', '.join(failing)}: {next(iter(causes))}"
+    because = "".join(f"; {', '.join(targets)}: {cause}" for cause, targets in causes.items())
     return f"PORT FAILS: {', '.join(failing)}{because}"
 
 
