@@ -19,6 +19,8 @@ SUBCOMMANDS = {
              "every registered implementation: whether it runs here, what it supports"),
     "check": ("attnsuite.conformance.cli", "main",
               "the conformance gate: implementations judged against the float64 oracle"),
+    "port": ("attnsuite.conformance.port", "main",
+             "check a port of one attention layer with its checkpoint: source and targets side by side"),
     "bench": ("attnsuite.bench.cli", "main",
               "the benchmark harness; 'attnsuite bench compare BASE CAND' flags regressions"),
     "report": ("attnsuite.conformance.merge", "report_main",

@@ -95,6 +95,7 @@ class Options:
     weights_path: str | None = None
     seed: int = 0
     diagnose: bool = True           # name the likely bug of a failing implementation
+    outputs_dir: str | None = None  # keep each numeric case's output there (judging.output_file)
 
     def reproduce(self, impl: str, case: Case) -> str:
         extra = [f"--device {self.device}"] if self.device != "cpu" else []

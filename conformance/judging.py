@@ -25,11 +25,14 @@ file), ``trained_weights`` (``(spec, arrays)`` as ``load_weights`` returns them)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
 import traceback
 from typing import Iterator, Sequence
+
+import numpy as np
 
 from attnsuite.conformance.cases import Case
 from attnsuite.conformance.checks import (FAILING, CheckResult, Options, Reference, Subject, judge_case,
@@ -82,6 +85,12 @@ def case_reference(case: Case, trained_weights, options: Options) -> Reference:
     return reference(case, case_weights(trained_weights, case), options.strict_fully_masked)
 
 
+def output_file(folder, name: str, case_id: str) -> str:
+    """Where ``Options.outputs_dir`` keeps implementation ``name``'s output on a case (.npy)."""
+    digest = hashlib.sha256(f"{name}::{case_id}".encode()).hexdigest()[:24]
+    return os.path.join(folder, f"{digest}.npy")
+
+
 def judge(subject: Subject, case: Case, ref: Reference, options: Options,
           outputs: dict | None = None) -> list[CheckResult]:
     """One implementation on one case; a bug of the suite's own is an error result, so
@@ -129,8 +138,12 @@ def judge_in_process(names: Sequence[str], cases: Sequence[Case], options: Optio
                 ref = moved[target.id]
             yield ("start", i, target.id)
             began = time.perf_counter()
-            results = judge(subject, target, ref, options, outputs[i] if options.diagnose else None)
+            keep = options.diagnose or options.outputs_dir is not None
+            results = judge(subject, target, ref, options, outputs[i] if keep else None)
             seconds = time.perf_counter() - began
+            if options.outputs_dir is not None and target.id in outputs[i]:
+                np.save(output_file(options.outputs_dir, subject.name, target.id),
+                        np.asarray(outputs[i][target.id][0], dtype=np.float64))
             judged[i] += results
             judged_cases[i].append(target)
             if not any(r.status in FAILING for r in results):

@@ -121,7 +121,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
           jobs: int | None = None, timeout: float = DEFAULT_TIMEOUT,
           min_coverage: float | None = None, generated: int = 0,
           diagnose: bool = True, shard: tuple[int, int] | None = None,
-          xfail_strict: bool = False) -> RunResult:
+          xfail_strict: bool = False, cases: Sequence[Case] | None = None,
+          outputs_dir=None) -> RunResult:
     """Judge every implementation on every selected case; see the module docstring.
 
     ``weights_path``: a ``--weights`` file (see conformance.weights). ``xfails``: a path,
@@ -132,7 +133,9 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     failing implementation (``ImplResult.diagnosis``, conformance/diagnosis.py).
     ``shard``: (K, N), judge only shard K of N of the cases (conformance/shards.py).
     ``progress``: "bar" (or True), "lines" (for a log), or False (conformance.progress).
-    ``xfail_strict``: an unexpected pass of an xfail pattern fails (conformance/xfails.py). Usage
+    ``xfail_strict``: an unexpected pass of an xfail pattern fails (conformance/xfails.py).
+    ``cases``: these cases instead of the profile's (``attnsuite port``). ``outputs_dir``: a
+    folder where each numeric case's output is kept (``judging.output_file``). Usage
     errors (unknown profile, dtype, case, unreadable weights or xfails file) raise
     ValueError before anything runs.
     """
@@ -140,7 +143,9 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
     dtypes = list(dtypes) if dtypes else None
     trained_weights = load_weights(weights_path) if weights_path is not None else None
     weights_spec = trained_weights[0] if trained_weights is not None else None
-    cases = select_cases(profile, dtypes, case_filter, seed, weights_spec, generated)
+    if cases is None:
+        cases = select_cases(profile, dtypes, case_filter, seed, weights_spec, generated)
+    cases = list(cases)
     shard_info = None
     if shard is not None:
         index, count = shard
@@ -154,7 +159,7 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
         cases = [cases[p] for p in positions]
     xfail_list = Xfails.coerce(xfails, xfail_strict)
     options = Options(device, strict_fully_masked, None if weights_path is None else str(weights_path), seed,
-                      diagnose)
+                      diagnose, None if outputs_dir is None else str(outputs_dir))
     env = environment(profile=profile, dtypes=dtypes, device=device, seed=seed,
                       strict_fully_masked=strict_fully_masked, weights_path=weights_path,
                       weights_spec=weights_spec, cases=cases, min_coverage=min_coverage,
