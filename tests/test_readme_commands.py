@@ -20,6 +20,7 @@ import functools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,12 +79,27 @@ PLANS: dict[str, Plan] = {
         Plan("help", "BASE_DIR is a placeholder for the user's baseline results"),
     "attnsuite bench compare --interleaved torch.sdpa torch.fused --threads 1":
         Plan("help", "times two implementations in turns for a minute or more"),
+    # Checking a port: a tiny Llama written by the checkout's example, then three ports of it.
+    "python examples/tiny_llama.py out/port":
+        Plan("slow", "builds and saves a small HF Llama (about 10 s)"),
+    "attnsuite port out/port/tiny-llama --layer 0 --source transformers.LlamaAttention.eager "
+    "--target jax.fused --target tensorflow.fused":
+        Plan("slow", "judges three implementations on the checkpoint (about 20 s)"),
+    "attnsuite port out/port/tiny-llama-meta/consolidated.00.pth --layer 0 --source numpy.oracle "
+    "--target jax.fused --target tensorflow.fused --target-style half":
+        Plan("slow", "judges three implementations on the checkpoint (about 20 s)"),
+    "attnsuite port out/port/tiny-llama-meta/consolidated.00.pth --layer 0 --source numpy.oracle "
+    "--target jax.fused --target tensorflow.fused --ported out/port/tiny-llama-unpermuted -q":
+        Plan("slow", "judges three implementations on the checkpoint (about 20 s)", exit=1),
     "pytest bench/ --benchmark-json out/pytest-benchmark.json --benchmark-save-data":
         Plan("not run", "the checkout's own benchmark tests (bench/ is in the checkout, not "
                         "installed as a test folder)"),
     "attnsuite bench compare out/pytest-base.json out/pytest-benchmark.json":
         Plan("help", "reads two pytest-benchmark files of the user's"),
 }
+# Files one README block writes and later blocks read: a session that reads them runs the
+# writing command first (each session has a fresh directory).
+SESSION_SETUP = {"out/port/": "python examples/tiny_llama.py out/port"}
 SLOW_ALSO = {   # "not run" lines whose runnable part is still run, slowly
     "attnsuite check torch.fused tensorflow.fused jax.fused --report out/conformance": Plan("slow"),
 }
@@ -150,6 +166,8 @@ def _argv(command: str) -> list[str]:
         return [sys.executable, "-m", "attnsuite", *words[1:]]
     if words[0] == "pytest":
         return [sys.executable, "-m", "pytest", *words[1:]]
+    if words[0] == "python":
+        return [sys.executable, *words[1:]]
     return words
 
 
@@ -206,6 +224,11 @@ def test_cheap_commands_run_as_shown(number, block, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("number, block", list(_sessions("slow")))
 def test_slow_commands_run_as_shown(number, block, tmp_path):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")   # what a checkout's commands use
+    for reads, setup in SESSION_SETUP.items():
+        if setup not in block and any(reads in command for command in block):
+            done = _run(setup, tmp_path)
+            assert done.returncode == 0, (setup, done.stdout[-3000:], done.stderr[-3000:])
     for command in block:
         runnable = [(c, p) for c, p in SLOW_ALSO.items() if c in command] or [(command, _plan(command))]
         for line, plan in runnable:
