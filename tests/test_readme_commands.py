@@ -91,6 +91,9 @@ PLANS: dict[str, Plan] = {
     "attnsuite port out/port/tiny-llama-meta/consolidated.00.pth --layer 0 --source numpy.oracle "
     "--target jax.fused --target tensorflow.fused --ported out/port/tiny-llama-unpermuted -q":
         Plan("slow", "judges three implementations on the checkpoint (about 20 s)", exit=1),
+    "python -m attnsuite.bench.ours_vs_native --sweep default --threads 1":
+        Plan("help", "times three pairs over the default sweep in turns (an hour or more), and "
+                     "writes the checkout's reports/bench"),
     "pytest bench/ --benchmark-json out/pytest-benchmark.json --benchmark-save-data":
         Plan("not run", "the checkout's own benchmark tests (bench/ is in the checkout, not "
                         "installed as a test folder)"),
@@ -191,6 +194,8 @@ def _subcommand(words: list[str]) -> list[str]:
     """The command's words up to its first argument: ``attnsuite bench compare``."""
     if words[0] == "pytest":
         return words[:1]
+    if words[:2] == ["python", "-m"]:
+        return words[:3]
     if words[:3] == ["attnsuite", "bench", "compare"]:
         return words[:3]
     return words[:2]
