@@ -48,7 +48,7 @@ PLANS: dict[str, Plan] = {
         Plan("not run", "creates a virtualenv and installs every framework (minutes, network); "
                         ".ci/run runs exactly this install, and the same gate runs in the slow "
                         "entry below"),
-    ".venv/bin/python -m pytest":
+    ".venv/bin/python -m pytest -n 2":
         Plan("not run", "the suite's own tests: this test is one of them (.ci/run runs it)"),
     # The gate.
     "attnsuite list": Plan("slow", "imports every framework (about 20 s here)"),
