@@ -171,6 +171,26 @@ def _with_traceback(result, full: bool) -> str:
     return _shown(result.message + (f"\n{trace}" if trace else ""), full)
 
 
+def print_and_write(run, prog: str, args) -> None:
+    """A finished run's warnings and summary on the terminal, then its reports
+    (``args.report``, ``args.junit_xml``; ``args.quiet``, ``args.traceback`` as in ``check``)."""
+    from attnsuite.conformance import report
+
+    for warning in run.warnings:
+        print(f"{prog}: warning: {sanitize.terminal(warning)}", file=sys.stderr)
+    lines = _summary_lines(run, args.quiet, args.traceback)
+    if lines:
+        print("\n".join(lines))
+    if args.report:
+        for path in report.write_reports(run, args.report):
+            if not args.quiet:
+                print(f"wrote {path}")
+    if args.junit_xml:
+        report.write_junit(run, args.junit_xml)
+        if not args.quiet:
+            print(f"wrote {args.junit_xml}")
+
+
 def _summary_lines(run, quiet: bool, full: bool = False) -> list[str]:
     from attnsuite.conformance.diagnosis import cause_lines
     from attnsuite.conformance.results import worst_ratio
@@ -246,7 +266,6 @@ def _first_line(args) -> str:
 
 
 def _run(args) -> int:
-    from attnsuite.conformance import report
     from attnsuite.conformance.runner import check
 
     dtypes = [d for group in args.dtype for d in group] if args.dtype else None
@@ -268,19 +287,7 @@ def _run(args) -> int:
     except KeyboardInterrupt as exc:    # before any judging began: nothing to report
         print("attnsuite check: interrupted", file=sys.stderr)
         return exit_status(exc)
-    for warning in run.warnings:
-        print(f"attnsuite check: warning: {sanitize.terminal(warning)}", file=sys.stderr)
-    lines = _summary_lines(run, args.quiet, args.traceback)
-    if lines:
-        print("\n".join(lines))
-    if args.report:
-        for path in report.write_reports(run, args.report):
-            if not args.quiet:
-                print(f"wrote {path}")
-    if args.junit_xml:
-        report.write_junit(run, args.junit_xml)
-        if not args.quiet:
-            print(f"wrote {args.junit_xml}")
+    print_and_write(run, "attnsuite check", args)
     verdict = "PASS" if run.ok else "FAIL"
     if run.interrupted:
         verdict = f"INTERRUPTED ({run.interrupted}), so FAIL"

@@ -44,7 +44,7 @@ from attnsuite import sanitize
 from attnsuite.conformance import agreement, checkpoints, layouts
 from attnsuite.conformance.agreement import Side
 from attnsuite.conformance.cases import DTYPES, NUMERIC, PROFILES, Case
-from attnsuite.conformance.cli import (_Parser, _seconds, _summary_lines, _UsageError, _dtypes,
+from attnsuite.conformance.cli import (_Parser, _seconds, print_and_write, _UsageError, _dtypes,
                                        check_output_file)
 from attnsuite.conformance.pool import DEFAULT_TIMEOUT
 from attnsuite.conformance.results import ImplResult, RunResult
@@ -382,8 +382,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, source: Side, target: Side, cases) -> int:
-    from attnsuite.conformance import report
-
     if not args.quiet:
         print(f"source: {args.source} on {source.where}: {source.spec}")
         if target is not source:
@@ -409,18 +407,6 @@ def _run(args, source: Side, target: Side, cases) -> int:
                     path.unlink()
                 if (folder / "outputs").is_dir():
                     (folder / "outputs").rmdir()
-    for warning in run.warnings:
-        print(f"{PROG}: warning: {sanitize.terminal(warning)}", file=sys.stderr)
-    lines = _summary_lines(run, args.quiet, args.traceback)
-    if lines:
-        print("\n".join(lines))
-    if args.report:
-        for path in report.write_reports(run, args.report):
-            if not args.quiet:
-                print(f"wrote {path}")
-    if args.junit_xml:
-        report.write_junit(run, args.junit_xml)
-        if not args.quiet:
-            print(f"wrote {args.junit_xml}")
+    print_and_write(run, PROG, args)
     print(_verdict(run, args.source, args.target))
     return run.exit_code

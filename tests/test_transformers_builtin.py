@@ -133,6 +133,21 @@ def test_llama_eager_is_only_float32_accurate_in_float64():
     assert 1e-12 < err < 1e-5, f"float64 relative error {err:.2e}"
 
 
+def test_llama_sdpa_with_its_rotary_embedding_is_only_float32_accurate_in_float64():
+    """Without RoPE its float64 is float64-accurate (ACCURATE); with it, LlamaRotaryEmbedding
+    computes cos and sin in float32 and hands them over cast to float64."""
+    spec = S(16, 4, num_kv_heads=2, causal="bottom_right", rope={"style": "half"})
+    w, x, _, mask = self_inputs(spec)
+    out = tb.forward(builtin.llama_attention_sdpa(spec), w, x, x, x, mask, dtype="float64", form="self")
+    want = oracle.forward(spec, w, x, x, x, mask)
+    err = np.abs(out - want).max() / np.abs(want).max()
+    assert 1e-12 < err < 1e-5, f"float64 relative error {err:.2e}"
+    plain = spec.replace(rope=None)
+    out = tb.forward(builtin.llama_attention_sdpa(plain), w, x, x, x, mask, dtype="float64", form="self")
+    want = oracle.forward(plain, w, x, x, x, mask)
+    assert np.abs(out - want).max() / np.abs(want).max() < 1e-12
+
+
 @pytest.mark.parametrize("name, dtype, observed", [
     ("BertSelfAttention.eager", "float64", "uniform"), ("BertSelfAttention.sdpa", "float32", "zeros"),
     ("LlamaAttention.eager", "float32", "uniform"), ("LlamaAttention.eager", "float64", "nan"),
