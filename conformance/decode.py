@@ -29,7 +29,7 @@ import numpy as np
 from attnsuite.conformance import tolerance
 from attnsuite.impls import oracle
 from attnsuite.impls.backends.common import convert_inputs
-from attnsuite.impls.calling import fold_input_grads
+from attnsuite.impls.calling import declares_decoding, fold_input_grads
 from attnsuite.impls.errors import Unsupported
 
 
@@ -41,10 +41,6 @@ def decode_chunks(length: int) -> list[tuple[int, int]]:
         bounds.append(bounds[-1] + 1)
     bounds.append(length)
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
-def declares_decoding(fn) -> bool:
-    return callable(getattr(fn, "init_cache", None)) and callable(getattr(fn, "decode", None))
 
 
 def run_decode(backend, fn, data, dtype: str, device: str):

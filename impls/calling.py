@@ -74,6 +74,11 @@ def make_fn(factory: Callable, spec, *, form: str = "qkv", dtype: str | None = N
     return factory(spec, **{k: v for k, v in context.items() if k in parameters})
 
 
+def declares_decoding(fn) -> bool:
+    """Whether ``fn`` decodes with a cache (SPEC 5, "Decoding"): ``fn.init_cache`` and ``fn.decode``."""
+    return callable(getattr(fn, "init_cache", None)) and callable(getattr(fn, "decode", None))
+
+
 def fold_input_grads(grads: dict, form: str) -> dict:
     """Gradients of a three-input call turned into those of a call in ``form``: a tensor
     passed in several places gets the sum of its gradients there."""

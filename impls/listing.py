@@ -17,6 +17,7 @@ import shutil
 import sys
 
 from attnsuite.impls.backends import framework_status
+from attnsuite.impls.calling import declares_decoding
 from attnsuite.impls.errors import PluginError, Unsupported
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import all_entries, find_entry, load_factory
@@ -40,7 +41,23 @@ FEATURE_PROBES: dict[str, dict] = {
     "window": {"window": (2, 1)},
     "softcap": {"softcap": 5.0},
     "dropout": {"dropout": 0.1},
+    "rope": {"rope": {"style": "half"}},
+    "rope_interleaved": {"rope": {"style": "interleaved", "rotary_dim": 2}},
 }
+# Decoding (SPEC 5) is what the fn of a causal spec declares, not a spec field.
+DECODE_PROBE = {"causal": "top_left"}
+
+
+def _supports(factory, fields: dict, check=lambda fn: True):
+    """True, or why not: the factory's Unsupported reason, the error it raised, or
+    ``check(fn)``'s answer on the fn it built."""
+    try:
+        fn = factory(AttentionSpec(**_BASE, **fields))
+    except Unsupported as exc:
+        return str(exc) or "unsupported"
+    except Exception as exc:  # a broken factory is reported, not fatal
+        return f"error: {type(exc).__name__}: {exc}"
+    return check(fn)
 
 
 def probe(entry: Entry) -> dict:
@@ -49,15 +66,9 @@ def probe(entry: Entry) -> dict:
         factory = load_factory(entry)
     except PluginError as exc:
         return {"status": "error", "reason": str(exc), "features": {}}
-    features = {}
-    for feature, fields in FEATURE_PROBES.items():
-        try:
-            factory(AttentionSpec(**_BASE, **fields))
-            features[feature] = True
-        except Unsupported as exc:
-            features[feature] = str(exc) or "unsupported"
-        except Exception as exc:  # a broken factory is reported, not fatal
-            features[feature] = f"error: {type(exc).__name__}: {exc}"
+    features = {feature: _supports(factory, fields) for feature, fields in FEATURE_PROBES.items()}
+    features["decode"] = _supports(factory, DECODE_PROBE, lambda fn: declares_decoding(fn) or
+                                   "fn declares no decoding (fn.init_cache, fn.decode)")
     return {"status": "ok", "reason": None, "features": features}
 
 
