@@ -24,6 +24,7 @@ from pathlib import Path
 
 from attnsuite.bench.environment import REPO_ROOT
 from attnsuite.bench.sweeps import SWEEPS
+from attnsuite.environment import git_commit
 from attnsuite.files import atomic_write_text
 
 PAIRS = (("torch.sdpa", "torch.fused"),
@@ -53,6 +54,13 @@ def relative_throughput(point: dict) -> tuple[float, tuple[float, float]] | None
     return 1 / point["ratio"], (1 / high, 1 / low)
 
 
+def unmeasured(point: dict) -> str:
+    """Why a point has no ratio: the side (or sides) without samples."""
+    base, cand = point.get("samples") or (0, 0)
+    missing = [side for side, n in (("native", base), ("ours", cand)) if not n]
+    return f"{' and '.join(missing)} not measured" if missing else f"no ratio: {point.get('reason')}"
+
+
 def against_target(interval: tuple[float, float]) -> str:
     low, high = interval
     if low >= TARGET:
@@ -62,10 +70,11 @@ def against_target(interval: tuple[float, float]) -> str:
     return "undecided"
 
 
-def table(results: dict[tuple[str, str], list[dict]], sweep: str, threads: int | None) -> str:
+def table(results: dict[tuple[str, str], list[dict]], sweep: str, threads: int | None,
+          made_from: str = "") -> str:
     lines = [f"# Our fused layers against the native path ({sweep} sweep, "
              f"{threads or 'all'} thread{'s' if threads != 1 else ''})", "",
-             __doc__.split("\n\n", 2)[2].strip(), "",
+             __doc__.split("\n\n", 2)[2].strip() + made_from, "",
              "| ours | native | compile | pass | config | ours / native throughput | 95% CI | p | "
              f">= {TARGET} |", "|---|---|---|---|---|---|---|---|---|"]
     tally = {"meets": 0, "undecided": 0, "MISSES": 0}
@@ -76,7 +85,7 @@ def table(results: dict[tuple[str, str], list[dict]], sweep: str, threads: int |
                       f"{point['dtype']}{' causal' if point['causal'] else ''}")
             if found is None:
                 lines.append(f"| {ours} | {native} | {point['compile']} | {point['pass']} | {config} | "
-                             f"not measured: {point['reason']} | | | |")
+                             f"{unmeasured(point)} | | | |")
                 continue
             throughput, interval = found
             verdict = against_target(interval)
@@ -102,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ours-vs-native-") as scratch:
         results = {(native, ours): time_pair(native, ours, args.sweep, args.threads, Path(scratch))
                    for native, ours in pairs}
-    atomic_write_text(args.out / FILE_NAME, table(results, args.sweep, args.threads))
+    source = git_commit()
+    made_from = (f"\n\nMade from commit {source['commit']}{' with uncommitted changes' if source['dirty'] else ''}."
+                 if source["commit"] else "")
+    atomic_write_text(args.out / FILE_NAME, table(results, args.sweep, args.threads, made_from))
     print(f"written: {os.path.relpath(args.out / FILE_NAME)}")
     return 0
 

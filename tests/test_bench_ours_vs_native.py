@@ -28,8 +28,8 @@ def test_a_point_meets_the_target_only_when_its_whole_interval_does(interval, ve
 
 def test_the_table_counts_each_outcome_and_says_why_a_point_was_not_measured():
     points = [_point(1.0 / 1.1, (1 / 1.3, 1 / 1.01)), _point(1.3, (1.2, 1.4)),
-              _point(None, None, reason="unsupported: no softcap")]
+              _point(None, None, reason="now measured (was unsupported)", samples=[0, 12])]
     text = ovn.table({("torch.sdpa", "torch.fused"): points}, "quick", 1)
     assert "Points: 1 meets, 0 undecided, 1 misses." in text
-    assert "not measured: unsupported: no softcap" in text
+    assert "| native not measured |" in text
     assert text.count("| torch.fused | torch.sdpa |") == 3
