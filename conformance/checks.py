@@ -272,7 +272,7 @@ def _numeric(judge: _Judge, fn, ref: Reference, checks: list[str], outputs=None)
 def _judge_grads(judge: _Judge, grads: dict, ref: Reference, grad_checks: list[str]) -> bool:
     """Compare every gradient, every element; returns whether any held NaN or Inf."""
     case = judge.case
-    gradient_scale = max(float(np.abs(g).max(initial=0.0)) for g in ref.grads.values())
+    scale = tolerance.gradient_scale(ref.grads)
     non_finite = False
     for check in grad_checks:
         name = check.removeprefix("grad.")
@@ -285,10 +285,9 @@ def _judge_grads(judge: _Judge, grads: dict, ref: Reference, grad_checks: list[s
         if actual.shape == ref.grads[name].shape and not np.isfinite(actual).all():
             non_finite = True
             note = f" [{int((~np.isfinite(actual)).sum())} of {actual.size} elements non-finite]"
-        judge.comparison(check, tolerance.compare(
-            actual, ref.grads[name], case.dtype,
-            baseline=None if ref.base_grads is None else ref.base_grads[name], gradient=True,
-            scale_floor=gradient_scale, absolute=name == "bk"), f"gradient {name!r}", note)
+        judge.comparison(check, tolerance.compare_gradient(
+            name, actual, ref.grads[name], case.dtype, scale=scale,
+            baseline=None if ref.base_grads is None else ref.base_grads[name]), f"gradient {name!r}", note)
     return non_finite
 
 

@@ -24,8 +24,6 @@ its outputs, and the result says so.
 
 from __future__ import annotations
 
-import numpy as np
-
 from attnsuite.conformance import tolerance
 from attnsuite.impls import oracle
 from attnsuite.impls.backends.common import convert_inputs
@@ -88,14 +86,13 @@ def _judge_gradients(judge, fn, data) -> str | None:
     expected = fold_input_grads(oracle.vjp(*args, data.d_out), case.form)
     baseline = (fold_input_grads(oracle.vjp(*args, data.d_out, precision=case.dtype), case.form)
                 if case.dtype in tolerance.BASELINE_RULE else None)
-    scale = max(float(np.abs(g).max(initial=0.0)) for g in expected.values())
+    scale = tolerance.gradient_scale(expected)
     for name, want in expected.items():
         if name not in grads:
             judge.add("decode", "fail", f"no gradient for {name!r} through the cache (got {sorted(grads)})")
             return None
-        comparison = tolerance.compare(np.asarray(grads[name], np.float64), want, case.dtype,
-                                       baseline=None if baseline is None else baseline[name],
-                                       gradient=True, scale_floor=scale, absolute=name == "bk")
+        comparison = tolerance.compare_gradient(name, grads[name], want, case.dtype, scale=scale,
+                                                baseline=None if baseline is None else baseline[name])
         if not comparison.ok:
             judge.add("decode", "fail", f"gradient {name!r} through the cache: "
                       f"{comparison.describe()}; do the steps keep the graph to the cached keys "

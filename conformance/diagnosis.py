@@ -203,17 +203,17 @@ def _match_grads(h: Hypothesis, ref, actual_grads):
     prediction = h.predict(ref, None)
     if prediction is None:
         return None
-    scale = max(float(np.abs(g).max(initial=0.0)) for g in prediction.grads.values())
+    scale = tolerance.gradient_scale(prediction.grads)
     worst, err, differs = 0.0, 0.0, False
     for name, predicted in prediction.grads.items():
         if name not in actual_grads:
             return False, math.inf, math.inf, ""
         actual = np.asarray(actual_grads[name], dtype=np.float64)
         differs |= not _exact(predicted, ref.grads[name], ref, None, gradient=True,
-                              scale_floor=scale, absolute=name == "bk",
+                              scale_floor=scale, absolute=name in tolerance.ZERO_IN_THE_MATH,
                               baseline=_baseline(ref, ref.grads[name], name)).ok
         c = _exact(actual, predicted, ref, None, gradient=True, scale_floor=scale,
-                   absolute=name == "bk", baseline=_baseline(ref, predicted, name))
+                   absolute=name in tolerance.ZERO_IN_THE_MATH, baseline=_baseline(ref, predicted, name))
         worst = max(worst, c.ratio)
         err = max(err, c.abs_err if c.abs_err is not None else (0.0 if c.ok else math.inf))
     if not differs:

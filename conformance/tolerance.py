@@ -28,8 +28,8 @@ over every row of the batch, at every partial sum, as XLA's reductions in the dt
   ratios below 0.5; a wrong logit scale fails.
 
 Gradients are held to the scale of the case's gradients, not only their own:
-the absolute terms above use max(max|expected|, ``scale_floor``), where ``checks.py`` passes
-the largest gradient of the case. The error of a gradient is set by the size of the
+the absolute terms above use max(max|expected|, ``scale_floor``), the largest gradient of the
+case (``gradient_scale``; ``compare_gradient`` applies the whole rule). The error of a gradient is set by the size of the
 terms that meet in it, so a gradient that is tiny (saturated softmax) or zero in the math
 (a window of one key) is otherwise judged on its rounding noise. The key-projection bias's
 gradient (``bk``) is zero in the math for every input (softmax cancels it): it is held to
@@ -152,3 +152,20 @@ def compare(actual, expected, dtype: str, *, baseline=None, gradient: bool = Fal
     worst = _element(index, actual, expected)
     ratio = float(ratios[index])
     return Comparison(bool(ratio <= 1.0), ratio, rule, **worst, bound=worst_bound)
+
+
+# Gradients zero in the math for every input: held to the absolute bound alone.
+ZERO_IN_THE_MATH = ("bk",)
+
+
+def gradient_scale(grads: dict) -> float:
+    """The largest element of a case's gradients: the floor of each one's absolute term."""
+    return max(float(np.abs(g).max(initial=0.0)) for g in grads.values())
+
+
+def compare_gradient(name: str, actual, expected, dtype: str, *, scale: float,
+                     baseline=None) -> Comparison:
+    """``compare`` with the gradient rule (module docstring): the baseline rule's looser factor,
+    the case's ``scale`` (``gradient_scale``) as floor, no relative term where zero in the math."""
+    return compare(actual, expected, dtype, baseline=baseline, gradient=True, scale_floor=scale,
+                   absolute=name in ZERO_IN_THE_MATH)
