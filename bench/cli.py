@@ -4,7 +4,8 @@
                     [--device cpu|gpu] [--compile MODE ...] [--out DIR] [--machine NAME]
                     [--threads N]
     attnsuite bench compare BASE CAND [--threshold 0.1] [--json FILE]
-    attnsuite bench compare --interleaved BASE_IMPL CAND_IMPL [--sweep ...] [--threads N] [--rounds N] [--out DIR]
+    attnsuite bench compare --interleaved BASE_IMPL CAND_IMPL [--sweep ...] [--threads N] [--rounds N]
+                            [--max-time SECONDS] [--out DIR]
     attnsuite report DIR [DIR ...] [--out DIR] [--run ID ...] [--drop-run ID ...]
 
 BASE and CAND are results directories, store files (records.jsonl, or bench.json of the
@@ -97,7 +98,11 @@ def _compare_parser() -> argparse.ArgumentParser:
                    help="with --interleaved")
     p.add_argument("--threads", type=int, help="with --interleaved")
     p.add_argument("--rounds", type=int, default=10,
-                   help="with --interleaved: at least this many timed blocks of each (default 10)")
+                   help="with --interleaved: the rounds (one timed block of each) before the first look at a "
+                        "point; it goes on to 2, 4, 8, 16 times as many while its verdict is undecided (default 10)")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="with --interleaved: the most seconds of timing one undecided point may take "
+                        "(default 30)")
     p.add_argument("--machine", help="with --interleaved")
     p.add_argument("--out", type=Path, default=Path("out/bench-interleaved"),
                    help="with --interleaved: where its records go (appended to)")
@@ -232,12 +237,15 @@ def _interleaved(args) -> list:
         raise _UsageError(f"attnsuite bench compare: {exc}") from exc
     if args.rounds < compare_mod.MIN_SAMPLES:
         raise _UsageError(f"attnsuite bench compare: --rounds: at least {compare_mod.MIN_SAMPLES}, got {args.rounds}")
+    if args.max_time is not None and not (args.max_time > 0 and args.max_time < float("inf")):
+        raise _UsageError(f"attnsuite bench compare: --max-time: a finite number of seconds > 0, got {args.max_time}")
     interleaved.resolve_pair(args.base, args.cand)  # a pair that cannot share a process: say so first
     console.print(f"[bold]attnsuite bench compare --interleaved[/] {args.base} (baseline) and {args.cand}: "
                   f"{args.sweep} sweep on {args.device}")
     with console.status("starting") as status:
         records = interleaved.run(args.base, args.cand, configs, budget, args.compile, args.out,
                                   threads=args.threads, machine=args.machine, min_rounds=args.rounds,
+                                  threshold=args.threshold, max_time=args.max_time or interleaved.POINT_TIME,
                                   progress=lambda text: status.update(text))
     console.print(f"records: {store.store_path(args.out)}", markup=False, soft_wrap=True)
     return compare_mod.pair_up(records, args.threshold)

@@ -5,10 +5,10 @@ Points are matched on machine, implementation, compile mode, pass and configurat
 where a store holds a point several times, its latest record counts (one run's samples,
 never two runs pooled). Each matched pair gets one verdict (``judge``):
 
-- ``regressed``: the candidate is significantly slower (Mann–Whitney U, p < ``ALPHA`` = 0.01
-  after the Holm correction over the comparison's points: many points must not mean many
-  chances of a false alarm) and the whole confidence interval of the ratio of medians
-  lies above 1 + threshold; or the point was measured before and no longer is.
+- ``regressed``: the candidate is significantly slower (p < ``ALPHA`` = 0.01 after the
+  Holm correction over the comparison's points: many points must not mean many chances of
+  a false alarm) and the whole confidence interval of the ratio lies above 1 + threshold;
+  or the point was measured before and no longer is.
 - ``improved``: the mirror image (the interval below 1 / (1 + threshold)).
 - ``unchanged``: the interval lies inside [1 / (1 + threshold), 1 + threshold].
 - ``uncertain``: the samples cannot tell, and the reason says why: too few samples, no
@@ -19,6 +19,21 @@ never two runs pooled). Each matched pair gets one verdict (``judge``):
   to 5x at load 8-10 on 2 CPUs), a timer that never settled, or an interval that straddles the
   threshold. The load check is for two separate runs; an interleaved run (both sides in
   one session, ``attnsuite.bench.interleaved``) shares the load and skips it.
+
+Two separate runs are two independent samples: the test is Mann–Whitney U, the ratio
+that of the medians with its bootstrap interval. An interleaved run (``same_session``)
+is a sequence of pairs, one block of each side per round: the test is the Wilcoxon
+signed-rank test on the pairs' log-ratios and the ratio the median of the pairs' ratios
+(``significance``), which cancels the drift the two blocks of a round share.
+
+An interleaved run may look at its samples more than once and stop early
+(``attnsuite.bench.interleaved``): up to ``looks`` times, fixed in advance and stored
+in its records. Every look is a chance of a false alarm, so the verdict pays for all of
+them (Bonferroni over the looks): the p-value is multiplied by ``looks`` before the Holm
+correction, and the interval is a 1 - 0.05 / ``looks`` one (95% for all looks together).
+Whatever rule stopped the run, P(some look of a point without a change reads
+significant) <= ``looks`` x (alpha / ``looks``) = alpha, so the gate's false-alarm rate
+stays at ``ALPHA``.
 
 Only ``regressed`` fails a gate (exit 1).
 """
@@ -76,11 +91,36 @@ def oversubscribed(record: dict) -> str | None:
     return None
 
 
+def looks_of(base: dict, cand: dict) -> int:
+    """How many times the run that made these records could look at them (1: once)."""
+    return max(int(r.get("looks") or 1) for r in (base, cand))
+
+
+def evidence(a: list[float], b: list[float], *, paired: bool, looks: int = 1):
+    """(ratio, its interval, p) of the candidate's samples ``b`` against the baseline's
+    ``a``: paired rounds or two independent samples, paid for ``looks`` looks."""
+    confidence = 1 - (1 - significance.CONFIDENCE) / looks
+    if paired:
+        ratio = significance.paired_ratio(a, b)
+        ci = significance.paired_ratio_ci(a, b, confidence=confidence)
+        p = significance.wilcoxon_signed_rank(a, b)[1]
+    else:
+        ratio = statistics.median(b) / statistics.median(a)
+        ci = significance.ratio_ci(a, b, confidence=confidence)
+        p = significance.mann_whitney(a, b)[1]
+    return ratio, ci, min(1.0, looks * p)
+
+
+def _paired(a, b, same_session: bool) -> bool:
+    return same_session and len(a) == len(b)
+
+
 def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA,
           same_session: bool = False, p_adjusted: float | None = None) -> Verdict:
     """The verdict on one point, from the baseline's and the candidate's records;
-    ``same_session``: the two were timed in alternation (no load check); ``p_adjusted``:
-    the point's p-value corrected for the other points of the comparison (``holm``)."""
+    ``same_session``: the two were timed in alternation, round by round (paired test, no
+    load check); ``p_adjusted``: the point's p-value corrected for the other points of the
+    comparison (``holm``)."""
     check_threshold(threshold)
     base_ok, cand_ok = base.get("status") == "ok", cand.get("status") == "ok"
     if not (base_ok and cand_ok):
@@ -96,9 +136,9 @@ def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA,
         return Verdict("uncertain", f"no raw samples in the {which}", ratio)
     if min(len(a), len(b)) < MIN_SAMPLES:
         return Verdict("uncertain", f"few samples ({len(a)} and {len(b)}; need {MIN_SAMPLES} a side)", ratio)
-    ratio = statistics.median(b) / statistics.median(a)
-    p = significance.mann_whitney(a, b)[1] if p_adjusted is None else p_adjusted
-    low, high = significance.ratio_ci(a, b)
+    paired = _paired(a, b, same_session)
+    ratio, (low, high), p = evidence(a, b, paired=paired, looks=looks_of(base, cand))
+    p = p if p_adjusted is None else p_adjusted
     slower, faster = 1 + threshold, 1 / (1 + threshold)
     found = dict(ratio=ratio, ci=(low, high), p=p)
     significant = p < alpha
@@ -113,13 +153,28 @@ def judge(base: dict, cand: dict, threshold: float, *, alpha: float = ALPHA,
         return Verdict("regressed", f"slower by more than {threshold:.0%}", **found)
     if significant and high < faster:
         return Verdict("improved", f"faster by more than {threshold:.0%}", **found)
-    unstable = [side for side, r in (("baseline", base), ("candidate", cand)) if r.get("stable") is False]
+    # Paired rounds carry their own noise in the interval; the timer's flag adds nothing.
+    unstable = [] if paired else [side for side, r in (("baseline", base), ("candidate", cand))
+                                  if r.get("stable") is False]
     if unstable:
         return Verdict("uncertain", f"timer unstable in the {' and '.join(unstable)}", **found)
+    after = f" after {len(a)} rounds" if paired else ""
     if not significant:
         return Verdict("uncertain", f"no significant difference (p={p:.2g}) but the interval "
-                                    f"straddles the threshold", **found)
-    return Verdict("uncertain", "the interval straddles the threshold", **found)
+                                    f"straddles the threshold{after}", **found)
+    return Verdict("uncertain", f"the interval straddles the threshold{after}", **found)
+
+
+def settled(base_times: list[float], cand_times: list[float], threshold: float, *, looks: int,
+            points: int = 1) -> bool:
+    """Would the paired verdict on these rounds be decided (not ``uncertain``) now, even
+    after the Holm correction over ``points`` points? (The stopping rule of an interleaved
+    run: Bonferroni over the points is never less strict than Holm.)"""
+    def record(times):
+        return {"status": "ok", "samples_s": times, "median_s": statistics.median(times), "looks": looks}
+    verdict = judge(record(base_times), record(cand_times), threshold, alpha=ALPHA / max(points, 1),
+                    same_session=True)
+    return verdict.verdict != "uncertain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,12 +208,13 @@ def holm(p_values: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-def _raw_p(base: dict, cand: dict) -> float | None:
+def _raw_p(base: dict, cand: dict, same_session: bool) -> float | None:
+    """The point's p-value before the correction over points (after that over looks)."""
     a, b = base.get("samples_s"), cand.get("samples_s")
     if base.get("status") != "ok" or cand.get("status") != "ok" or not a or not b \
             or min(len(a), len(b)) < MIN_SAMPLES:
         return None
-    return significance.mann_whitney(a, b)[1]
+    return evidence(a, b, paired=_paired(a, b, same_session), looks=looks_of(base, cand))[2]
 
 
 def compare_records(base: list[dict], cand: list[dict], threshold: float, fields=KEY,
@@ -168,7 +224,7 @@ def compare_records(base: list[dict], cand: list[dict], threshold: float, fields
     check_threshold(threshold)
     old, new = latest(base, fields), latest(cand, fields)
     keys = [key for key in old if key in new]
-    adjusted = holm([_raw_p(old[key], new[key]) for key in keys])
+    adjusted = holm([_raw_p(old[key], new[key], same_session) for key in keys])
     return [Change(dict(zip(fields, key)), old[key], new[key],
                    judge(old[key], new[key], threshold, same_session=same_session, p_adjusted=p))
             for key, p in zip(keys, adjusted)]

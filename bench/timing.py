@@ -147,30 +147,62 @@ def measure(call: Callable[[], Any], block: Callable = _no_block, *,
             return Measurement(tuple(times), loops, stable=False, others_cpus=window.others_cpus())
 
 
+def look_schedule(first: int, looks: int) -> list[int]:
+    """The rounds after which a sequential run looks at its samples: ``first``, then twice
+    as many each time, ``looks`` times (10, 20, 40, 80, 160)."""
+    if first < 2 or looks < 1:
+        raise ValueError(f"look_schedule: first >= 2 and looks >= 1, got {first} and {looks}")
+    return [first * 2 ** k for k in range(looks)]
+
+
 def measure_interleaved(calls: list[tuple[Callable[[], Any], Callable, int]], *,
                         clock: Callable[[], float] = time.perf_counter, min_runs: int = 5,
                         max_runs: int = 200, max_time: float = 1.0,
-                        target_rel_iqr: float = 0.1) -> list[Measurement]:
+                        target_rel_iqr: float = 0.1,
+                        decided: Callable[[list[list[float]]], bool] | None = None,
+                        looks: list[int] | None = None) -> list[Measurement]:
     """Time several calibrated calls ``(call, block, loops)`` in alternation, one block each
     per round, the order reversed every other round (A B, B A, ...), so that a drift of the
-    machine's speed touches them alike (``asv continuous``'s idea). Stops when every
-    spread is small, or after ``max_time`` per call, or ``max_runs`` rounds."""
+    machine's speed touches them alike (``asv continuous``'s idea). The samples stay in
+    round order: ``times[i]`` of every call come from round i.
+
+    When to stop: by default, when every spread is small (each side's ``stable``), or
+    after ``max_time`` per call, or ``max_runs`` rounds. A sequential run instead gives
+    ``decided`` (the rounds so far -> is the answer known?) and the rounds ``looks`` after
+    which it may be asked (``look_schedule``): it stops at the first look that is decided,
+    at the last look, or when ``max_time`` per call is spent (``stable`` then says whether
+    the answer was known)."""
     if min_runs < 2:
         raise ValueError(f"min_runs: need at least 2 to estimate a spread, got {min_runs}")
+    if decided is not None:
+        looks = sorted(looks or [min_runs])
+        max_runs = looks[-1]
     times: list[list[float]] = [[] for _ in calls]
     started, window = clock(), contention.Window()
     rounds = 0
+
+    def done(flags):
+        others = window.others_cpus()
+        return [Measurement(tuple(t), loops, stable=ok, others_cpus=others)
+                for t, (_, _, loops), ok in zip(times, calls, flags)]
+
     while True:
         order = range(len(calls)) if rounds % 2 == 0 else reversed(range(len(calls)))
         for i in order:
             call, block, loops = calls[i]
             times[i].append(_time_block(call, block, loops, clock) / loops)
         rounds += 1
+        out_of_time = clock() - started >= max_time * len(calls) or rounds >= max_runs
+        if decided is not None:
+            if rounds < looks[0] or not (rounds in looks or out_of_time):
+                continue
+            answer = decided(times)
+            if answer or out_of_time:
+                return done([answer] * len(calls))
+            continue
         if rounds < min_runs:
             continue
         settled = [(quantile(t, 0.75) - quantile(t, 0.25)) / statistics.median(t) <= target_rel_iqr
                    for t in times]
-        if all(settled) or clock() - started >= max_time * len(calls) or rounds >= max_runs:
-            others = window.others_cpus()
-            return [Measurement(tuple(t), loops, stable=ok, others_cpus=others)
-                    for t, (_, _, loops), ok in zip(times, calls, settled)]
+        if all(settled) or out_of_time:
+            return done(settled)
