@@ -4,12 +4,12 @@
 Two sweeps run one after the other on a shared machine see different loads; a drift
 between them reads as a change of speed. Here, as in ``asv continuous``, the baseline and
 the candidate take turns block by block at every point (``timing.measure_interleaved``),
-so a drift touches both alike; each point's two sample sets then go through the same
-test as ``bench compare`` (``compare.pair_up``). This is also how "ours against native"
+so a drift touches both alike; each point's rounds then go through ``bench compare``'s
+paired test (``compare.pair_up``: round i's two blocks are a pair). This is also how "ours against native"
 is measured: ``--interleaved torch.sdpa torch.fused``.
 
-How many rounds: as many as the answer needs, a sequential design (as asv's ``continuous``
-keeps sampling an undecided benchmark). After ``MIN_ROUNDS`` rounds, and again after
+How many rounds: as many as the answer needs, a group-sequential design (as in clinical
+trials: a few interim looks fixed in advance, each allowed to stop the study). After ``MIN_ROUNDS`` rounds, and again after
 twice, four, eight and sixteen times as many (``LOOKS`` looks, ``timing.look_schedule``),
 the point's paired verdict is worked out (``compare.settled``); the point stops at the
 first look where it is decided (``regressed``, ``improved`` or ``unchanged`` even after the

@@ -6,8 +6,9 @@
 Each pair (native, ours) is timed with ``attnsuite bench compare --interleaved NATIVE OURS``
 in a process of its own (a framework per process): at every point of the sweep the two
 take turns block by block, so a load that drifts touches both alike. The table gives our
-throughput relative to the native path (median native time / median ours), its 95%
-bootstrap interval and the Mann–Whitney p of the difference, and the target: at least
+throughput relative to the native path (the inverse of the Hodges–Lehmann ratio of the
+rounds' times, ours / native), its interval (99%: the run looks at each point up to five
+times) and the Wilcoxon signed-rank p of the paired difference, and the target: at least
 0.95 (``TARGET``) of native throughput. A point meets it when the whole interval lies above the
 target, misses it when the whole interval lies below, and is undecided otherwise.
 """

@@ -7,7 +7,11 @@ is ``ok`` (timed), ``unsupported`` (the implementation or framework declined the
 smaller size predicts it would not fit), or ``crashed`` (its process died). Only ``ok``
 records carry timings: the statistics and the raw per-call times of every timed block
 (``samples_s``), which ``bench compare`` tests, and the machine's load average
-when the point was done. A record is built with its environment
+when the point was done. The records of an interleaved run (``attnsuite.bench.interleaved``)
+also carry their ``role`` (baseline or candidate) and ``looks`` (how many times the run
+could look at the samples before it stopped), and keep the samples in round order: sample
+i of the baseline and sample i of the candidate are the two blocks of round i, a pair.
+A record is built with its environment
 (``env``); the store keeps that once per run (``attnsuite.bench.store.RunWriter``).
 """
 

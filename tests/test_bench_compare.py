@@ -145,3 +145,103 @@ def test_a_borderline_point_is_not_significant_among_many():
                                                 for i in range(1, 20)]
     first = compare.compare_records(olds, news, 0.1)[0]
     assert first.verdict.verdict == "uncertain" and first.verdict.p > alone.p, first.verdict
+
+
+# --- paired rounds (an interleaved run) ------------------------------------------------------
+
+def drifting_rounds(ratio, n=40, seed=0, drift=1.0, noise=0.05):
+    """``n`` rounds of (baseline, candidate) block times on a machine whose speed drifts by
+    a factor up to e^(2 drift) from round to round (both blocks of a round alike), each block
+    with its own ``noise``; the candidate ``ratio`` times slower."""
+    rng = np.random.default_rng(seed)
+    machine = np.exp(drift * rng.uniform(-1, 1, n))
+    base = machine * np.exp(noise * rng.standard_normal(n))
+    cand = ratio * machine * np.exp(noise * rng.standard_normal(n))
+    return list(base), list(cand)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_wilcoxon_signed_rank_matches_scipy(seed):
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(seed)
+    base = rng.lognormal(0, 0.3, 8 + 3 * seed)
+    cand = base * np.exp(np.round(rng.normal(0.1 * (seed % 3), 0.3, len(base)), 1))  # rounded: ties and zeros
+    w, p = significance.wilcoxon_signed_rank(base, cand)
+    d = np.log(cand / base)
+    expected = stats.wilcoxon(d, zero_method="wilcox", correction=True, method="approx")
+    r_plus = significance._ranks(np.abs(d[d != 0]))[0][d[d != 0] > 0].sum()
+    assert w == pytest.approx(r_plus) and p == pytest.approx(expected.pvalue, rel=1e-9), \
+        f"d={d}: ours W+={w} p={p}, scipy {expected}"
+
+
+def test_wilcoxon_signed_rank_by_hand():
+    # log-ratios +1 +2 -3 +4 +5: W+ = 1+2+4+5 = 12, mean 5*6/4 = 7.5, variance 5*6*11/24 = 13.75;
+    # z = (4.5 - 0.5) / sqrt(13.75), p = erfc(z / sqrt 2) = 0.281
+    w, p = significance.wilcoxon_signed_rank([1.0] * 5, list(np.exp([1, 2, -3, 4, 5])))
+    assert w == 12 and p == pytest.approx(math.erfc(4 / math.sqrt(13.75) / math.sqrt(2)))
+    assert significance.wilcoxon_signed_rank([2.0, 3.0], [2.0, 3.0]) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="paired"):
+        significance.wilcoxon_signed_rank([1.0, 2.0], [1.0])
+
+
+def test_hodges_lehmann_ratio_and_interval_by_hand():
+    # log-ratios 1..10: 55 Walsh averages (i+j)/2, median 5.5. At 95%, C = floor(27.5 - 1.96 *
+    # sqrt(10*11*21/24)) = 8; the 8 smallest averages: 1, 1.5, 2, 2, 2.5, 2.5, 3, 3 (sums 2..6),
+    # so the interval is [3, 8] (the list is symmetric about 5.5).
+    base, cand = [1.0] * 10, list(np.exp(np.arange(1, 11)))
+    assert math.log(significance.paired_ratio(base, cand)) == pytest.approx(5.5)
+    low, high = significance.paired_ratio_ci(base, cand)
+    assert (math.log(low), math.log(high)) == pytest.approx((3.0, 8.0))
+    # log-ratios 1, 2, 3, 10: Walsh averages 1 1.5 2 2 2.5 3 5.5 6 6.5 10, median 2.75
+    assert math.log(significance.paired_ratio([1.0] * 4, list(np.exp([1, 2, 3, 10])))) == pytest.approx(2.75)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_2x_slowdown_under_heavy_drift_is_regressed_only_when_paired(seed):
+    """The machine's speed moves up to 55x between rounds (both blocks of a round alike):
+    two independent samples overlap, the pairs' ratios all read about 2."""
+    base, cand = drifting_rounds(2.0, n=20, seed=seed, drift=2.0)
+    paired = compare.judge(point(base), point(cand), 0.1, same_session=True)
+    assert paired.verdict == "regressed" and paired.ci[0] > 1.8 and paired.ci[1] < 2.2, paired
+    unpaired = compare.judge(point(base), point(cand), 0.1)
+    assert unpaired.verdict != "regressed", unpaired
+
+
+def test_identical_or_unchanged_paired_rounds_are_never_regressed():
+    base, _ = drifting_rounds(1.0, seed=1)
+    same = compare.judge(point(base), point(list(base)), 0.1, same_session=True)
+    assert same.verdict == "unchanged" and same.ratio == 1.0, same
+    for seed in range(20):  # unchanged code under drift and noise, the largest looks at 5
+        base, cand = drifting_rounds(1.0, n=160, seed=seed, noise=0.3)
+        got = compare.judge(point(base) | {"looks": 5}, point(cand) | {"looks": 5}, 0.1, same_session=True)
+        assert got.verdict in ("unchanged", "uncertain"), (seed, got)
+
+
+def test_every_look_is_paid_for():
+    """Five looks: p five times as large, the interval a 99% one, so wider."""
+    base, cand = drifting_rounds(1.15, n=30, seed=3, noise=0.2)
+    once = compare.judge(point(base), point(cand), 0.1, same_session=True)
+    five = compare.judge(point(base) | {"looks": 5}, point(cand) | {"looks": 5}, 0.1, same_session=True)
+    assert five.p == pytest.approx(min(1.0, 5 * once.p))
+    assert five.ci[0] < once.ci[0] <= once.ratio <= once.ci[1] < five.ci[1]
+    assert five.ratio == once.ratio
+
+
+@pytest.mark.parametrize("ratio, decided", [(2.0, True), (1.0, True), (1.1, False)])
+def test_an_interleaved_point_stops_when_its_verdict_is_decided(ratio, decided):
+    base, cand = drifting_rounds(ratio, n=40, seed=5, noise=0.05)
+    assert compare.settled(base, cand, 0.1, looks=5, points=4) is decided
+
+
+def test_the_stopping_rule_is_no_less_strict_than_the_final_verdict():
+    """A point that stopped as regressed stays regressed after Holm over its points."""
+    key = dict(machine="m", compile="eager", batch=1, L_k=8, d_model=8, heads=2, kv_heads=2, dtype="float32",
+               causal=False, device="cpu", impl="x", **{"pass": "forward"})
+    olds, news = [], []
+    for i, ratio in enumerate([1.3, 1.0, 1.0, 1.0]):
+        base, cand = drifting_rounds(ratio, n=20, seed=30 + i, noise=0.1)
+        if i == 0:
+            assert compare.settled(base, cand, 0.1, looks=5, points=4)
+        olds.append(dict(key, L_q=i, looks=5, **point(base)))
+        news.append(dict(key, L_q=i, looks=5, **point(cand)))
+    assert compare.compare_records(olds, news, 0.1, same_session=True)[0].verdict.verdict == "regressed"

@@ -153,6 +153,50 @@ def test_interleaved_measurement_says_which_timer_never_settled():
     assert m_steady.runs == m_noisy.runs > 5
 
 
+def test_a_sequential_interleaved_run_looks_only_at_its_looks_and_stops_when_decided():
+    clock, asked = FakeClock(), []
+    calls = [(clock.call_taking(itertools.repeat(1e-3)), lambda r: r, 1) for _ in range(2)]
+
+    def decided_at(rounds):
+        def decided(times):
+            assert len(times[0]) == len(times[1]), "a look between the two blocks of a round"
+            asked.append(len(times[0]))
+            return len(times[0]) >= rounds
+        return decided
+
+    a, b = timing.measure_interleaved(calls, clock=clock, min_runs=10, max_time=100.0,
+                                      decided=decided_at(35), looks=timing.look_schedule(10, 5))
+    assert asked == [10, 20, 40] and a.runs == b.runs == 40 and a.stable and b.stable
+    asked.clear()
+    a, _ = timing.measure_interleaved(calls, clock=clock, min_runs=10, max_time=100.0,
+                                      decided=decided_at(10 ** 6), looks=timing.look_schedule(10, 5))
+    assert asked == [10, 20, 40, 80, 160] and a.runs == 160 and not a.stable, "the last look is the last"
+
+
+def test_a_sequential_run_out_of_time_takes_one_last_look_but_never_before_the_first():
+    clock, asked = FakeClock(), []
+    calls = [(clock.call_taking(itertools.repeat(1e-3)), lambda r: r, 1) for _ in range(2)]
+
+    def never(times):
+        asked.append(len(times[0]))
+        return False
+
+    # 2 ms a round, 0.05 s a side: out of time after 50 rounds, between the looks at 40 and 80
+    a, _ = timing.measure_interleaved(calls, clock=clock, min_runs=10, max_time=0.05, decided=never,
+                                      looks=timing.look_schedule(10, 5))
+    assert asked[:3] == [10, 20, 40] and len(asked) == 4 and 40 < asked[-1] == a.runs < 80 and not a.stable
+    asked.clear()
+    a, _ = timing.measure_interleaved(calls, clock=clock, min_runs=10, max_time=1e-6, decided=never,
+                                      looks=timing.look_schedule(10, 5))
+    assert asked == [10] and a.runs == 10
+
+
+def test_look_schedule_doubles():
+    assert timing.look_schedule(10, 5) == [10, 20, 40, 80, 160]
+    with pytest.raises(ValueError):
+        timing.look_schedule(1, 5)
+
+
 # --- The agreement criterion (bench.agreement) --------------------------------------------
 
 @pytest.mark.parametrize("a, b, expected", [

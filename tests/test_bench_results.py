@@ -336,3 +336,10 @@ def test_compare_finds_pytest_benchmark_json_saved_as_bench_json_in_a_directory(
     _pytest_benchmark_file(tmp_path / "a" / "bench.json", 1.0)
     _pytest_benchmark_file(tmp_path / "b" / "bench.json", 2.0, seed=5)
     assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "0", "-1"])
+def test_interleaved_compare_refuses_a_time_limit_that_is_not_a_positive_number(tmp_path, capsys, seconds):
+    assert cli.main(["compare", "--interleaved", "numpy.oracle", "numpy.oracle", "--max-time", seconds,
+                     "--out", str(tmp_path)]) == 2
+    assert "--max-time" in capsys.readouterr().err

@@ -114,7 +114,8 @@ def test_interleaved_run_times_baseline_and_candidate_in_one_run(tmp_path):
 
     configs = [Config(1, L, L, 8, 2, 2, "float32", False, "cpu") for L in (8, 16)]
     budget = Budget(max_time=0.02, min_runs=5, point_timeout=30.0, min_block_time=1e-3)
-    records = interleaved.run("numpy.oracle", "numpy.oracle", configs, budget, ["natural"], tmp_path, threads=1)
+    records = interleaved.run("numpy.oracle", "numpy.oracle", configs, budget, ["natural"], tmp_path, threads=1,
+                              max_time=0.5)
     assert len(records) == len(load(tmp_path)) == 2 * 2 * 2
     assert len({r["run_id"] for r in records}) == 1
     for pass_ in ("forward", "forward_backward"):
@@ -123,7 +124,7 @@ def test_interleaved_run_times_baseline_and_candidate_in_one_run(tmp_path):
             assert sorted(r["role"] for r in pair) == ["baseline", "candidate"]
             assert pair[0]["runs"] == pair[1]["runs"] == len(pair[0]["samples_s"]) >= 5, "not taken in turns"
     assert len(compare.pair_up(records, 0.1)) == 4
-    assert all(r["runs"] >= interleaved.MIN_ROUNDS for r in records)
+    assert all(r["runs"] >= interleaved.MIN_ROUNDS and r["looks"] == interleaved.LOOKS for r in records)
     for pass_ in ("forward", "forward_backward"):
         assert len({r["loops"] for r in records if r["pass"] == pass_ and r["L_q"] == 8}) == 1, "loops differ"
 
