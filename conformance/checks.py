@@ -207,11 +207,6 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options,
         framework = subject.backend.__name__.rpartition(".")[2]
         return judge.all(checks, "unsupported", f"{DECLINED_BY_FRAMEWORK}{framework} runs "
                          f"{framework_dtypes} on {options.device}, not {case.dtype}")
-    data = ref.data
-    declined = subject.inputs.declines(None if data.mask is None else data.mask.shape,
-                                       data.bias is not None, training=case.checks == ("dropout",))
-    if declined:
-        return judge.all(checks, "unsupported", f"{DECLINED_BY_FACTORY}{declined}")
     try:
         fn = make_fn(subject.factory, case.spec, form=case.form, dtype=case.dtype,
                      device=options.device)
@@ -220,6 +215,12 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options,
     except Exception as exc:
         return judge.all(checks, "error", f"factory({case.spec}) raised {_raised(exc)}",
                          **_traceback(exc))
+    # After the factory, so that a spec it declines keeps the factory's own reason.
+    data = ref.data
+    declined = subject.inputs.declines(None if data.mask is None else data.mask.shape,
+                                       data.bias is not None, training=case.checks == ("dropout",))
+    if declined:
+        return judge.all(checks, "unsupported", f"{DECLINED_BY_FACTORY}{declined}")
     behaviour = {"stateless": _stateless, "deterministic": _deterministic, "dropout": _dropout,
                  "contract": _contract, "decode": judge_decode}
     if case.checks != NUMERIC:

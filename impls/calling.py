@@ -29,8 +29,8 @@ Call-time inputs — what ``fn`` takes besides the tensors, which the spec does 
 A factory declares them with ``@call_inputs(bias=False, masks=("rank2", "rank4"))`` (or
 by setting ``factory.call_inputs`` to such a mapping); what it leaves out, it takes, and
 one that declares nothing takes everything. The gate declines a case needing an input
-its implementation declared it does not take before building anything, as a statement
-of what the layer has (like a spec the factory declines), not a hole in it.
+its implementation declared it does not take before calling ``fn``, as a statement of
+what the layer has (like a spec the factory declines), not a hole in it.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_declared_inputs_are_declined_up_front_and_leave_the_coverage_whole():
     assert bias_cases and per_head
     by_case = lambda impl: {r.case_id: r for r in impl.results}  # noqa: E731
 
-    # Declared: declined before the factory, with the factory's prefix and the reason.
+    # Declared: declined before fn is called, with the factory's prefix and the reason.
     results = by_case(declared)
     assert all(results[c].status == "unsupported" and
                results[c].message == "factory: takes no additive bias (declared)" for c in bias_cases)

@@ -19,7 +19,7 @@ def my_layer(params, q, k, v, mask, heads):  # mask: (B, H, L_q, L_k) or None, T
     return heads_out.reshape(*heads_out.shape[:2], -1) @ params["wo"] + params.get("bo", 0)
 
 
-@call_inputs(bias=False, dropout=False)   # besides the tensors: a mask of any layout, no bias
+@call_inputs(bias=False, dropout=False)   # fn takes any mask layout, no bias, no training=
 def factory(spec):
     if spec.H_kv != spec.H or spec.softcap or spec.scale or spec.rope:
         raise Unsupported("my_layer: no grouped heads, softcap, custom scale or rotary positions")
