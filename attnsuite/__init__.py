@@ -16,7 +16,7 @@ if (_CHECKOUT / "impls" / "oracle.py").is_file() and (_CHECKOUT / "pyproject.tom
     # the three folders beside this one are its subpackages.
     __path__.append(str(_CHECKOUT))
 
-__all__ = ["AttentionSpec", "PluginError", "Unsupported", "visible_mask"]
+__all__ = ["AttentionSpec", "PluginError", "Unsupported", "call_forms", "call_inputs", "visible_mask"]
 
 
 def __getattr__(name: str):

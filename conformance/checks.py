@@ -40,7 +40,7 @@ from attnsuite.conformance.cases import NUMERIC, Case, CaseData
 from attnsuite.conformance.coverage import DECLINED_BY_FACTORY, DECLINED_BY_FRAMEWORK
 from attnsuite.conformance.decode import judge_decode
 from attnsuite.impls import oracle
-from attnsuite.impls.calling import FORM_INPUTS, FORMS, fold_input_grads, make_fn
+from attnsuite.impls.calling import FORM_INPUTS, FORMS, CallInputs, fold_input_grads, make_fn
 from attnsuite.impls.errors import Unsupported
 from attnsuite.impls.weights import weight_shapes
 
@@ -71,12 +71,13 @@ class CheckResult:
 
 @dataclasses.dataclass(frozen=True)
 class Subject:
-    """An implementation ready to be judged: its name, factory, framework adapter and the
-    call forms it takes (attnsuite.impls.calling)."""
+    """An implementation ready to be judged: its name, factory, framework adapter, the
+    call forms and the call-time inputs it takes (attnsuite.impls.calling)."""
     name: str
     factory: Callable
     backend: ModuleType
     forms: tuple[str, ...] = FORMS
+    inputs: CallInputs = CallInputs()
 
     def case_for(self, case: Case, seed: int = 0) -> Case:
         """``case`` in a form this implementation takes. A three-tensor fn takes every call
@@ -214,6 +215,12 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options,
     except Exception as exc:
         return judge.all(checks, "error", f"factory({case.spec}) raised {_raised(exc)}",
                          **_traceback(exc))
+    # After the factory, so that a spec it declines keeps the factory's own reason.
+    data = ref.data
+    declined = subject.inputs.declines(None if data.mask is None else data.mask.shape,
+                                       data.bias is not None, training=case.checks == ("dropout",))
+    if declined:
+        return judge.all(checks, "unsupported", f"{DECLINED_BY_FACTORY}{declined}")
     behaviour = {"stateless": _stateless, "deterministic": _deterministic, "dropout": _dropout,
                  "contract": _contract, "decode": judge_decode}
     if case.checks != NUMERIC:

@@ -39,7 +39,7 @@ from attnsuite.conformance.checks import (FAILING, CheckResult, Options, Referen
                                           reference)
 from attnsuite.conformance.diagnosis import diagnosis_events
 from attnsuite.impls.backends import load_backend
-from attnsuite.impls.calling import forms_of
+from attnsuite.impls.calling import forms_of, inputs_of
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import find_entry, load_factory
 
@@ -71,7 +71,7 @@ def load_subject(name: str, device: str = "cpu") -> Subject:
     if device not in available:
         raise RuntimeError(f"{name}: device {device!r} is not available to {entry.framework} "
                            f"(it has {available})")
-    return Subject(name, factory, backend, forms_of(factory, name))
+    return Subject(name, factory, backend, forms_of(factory, name), inputs_of(factory, name))
 
 
 def case_weights(trained_weights, case: Case) -> dict | None:

@@ -17,12 +17,27 @@ on as many cases as a three-input one.
 A factory is called ``factory(spec)``, and is also told the call's ``form``, ``dtype`` and
 ``device`` when its signature accepts those keywords (or ``**kwargs``), so that a layer can
 be built for them or decline them with ``Unsupported``.
+
+Call-time inputs — what ``fn`` takes besides the tensors, which the spec does not carry:
+
+- ``bias``: whether it takes an additive attention bias (``bias=``);
+- ``masks``: the mask layouts it takes (``MASK_LAYOUTS``): ``"rank2"``, ``(L_q, L_k)``;
+  ``"rank4"``, ``(B or 1, 1, L_q or 1, L_k)``, one mask for every head; ``"per_head"``,
+  ``(B or 1, H, L_q, L_k)`` with H > 1 (``mask_layout``). ``()``: it takes no mask;
+- ``dropout``: whether ``training=True`` applies the spec's dropout (the dropout check).
+
+A factory declares them with ``@call_inputs(bias=False, masks=("rank2", "rank4"))`` (or
+by setting ``factory.call_inputs`` to such a mapping); what it leaves out, it takes, and
+one that declares nothing takes everything. The gate declines a case needing an input
+its implementation declared it does not take before calling ``fn``, as a statement of
+what the layer has (like a spec the factory declines), not a hole in it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from attnsuite.impls.errors import PluginError
 
@@ -59,6 +74,90 @@ def forms_of(factory: Callable, name: str = "factory") -> tuple[str, ...]:
         return FORMS
     declared = _check(declared, f"{name}.call_forms")
     return tuple(f for f in FORMS if f in declared)
+
+
+MASK_LAYOUTS = ("rank2", "rank4", "per_head")
+_LAYOUT_WORDS = {"rank2": "rank-2 mask (L_q, L_k)", "rank4": "rank-4 mask (B, 1, L_q, L_k)",
+                 "per_head": "per-head mask (B, H, L_q, L_k)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CallInputs:
+    """The call-time inputs an ``fn`` takes (the module docstring); the default: all."""
+    bias: bool = True
+    masks: tuple[str, ...] = MASK_LAYOUTS
+    dropout: bool = True
+
+    def declines(self, mask_shape: tuple | None, bias: bool, training: bool) -> str | None:
+        """Why a call with these inputs is one this fn declared it does not take, or None."""
+        layout = mask_layout(mask_shape)
+        if bias and not self.bias:
+            return "takes no additive bias (declared)"
+        if layout is not None and layout not in self.masks:
+            takes = ", ".join(self.masks) if self.masks else "none"
+            return f"takes no {_LAYOUT_WORDS[layout]} (declared mask layouts: {takes})"
+        if training and not self.dropout:
+            return "applies no dropout when training (declared)"
+        return None
+
+    def describe(self) -> str:
+        """One line for listings: what it does not take ("" when it takes everything)."""
+        missing = (["additive bias"] if not self.bias else []) + [
+            _LAYOUT_WORDS[layout] for layout in MASK_LAYOUTS if layout not in self.masks] + (
+            ["dropout"] if not self.dropout else [])
+        return "takes no " + ", no ".join(missing) if missing else ""
+
+
+_INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(CallInputs))
+
+
+def mask_layout(shape: tuple | None) -> str | None:
+    """The layout (``MASK_LAYOUTS``) of a mask of this shape (rank 2 or 4); None for no mask."""
+    if shape is None:
+        return None
+    if len(shape) == 2:
+        return "rank2"
+    return "per_head" if shape[1] > 1 else "rank4"
+
+
+def call_inputs(**declared) -> Callable[[Callable], Callable]:
+    """Decorator for a factory: the call-time inputs its ``fn`` takes (``CallInputs``'s
+    fields: ``bias``, ``masks``, ``dropout``; those left out it takes)."""
+    _inputs(declared, "call_inputs")
+
+    def declare(factory: Callable) -> Callable:
+        factory.call_inputs = dict(declared)
+        return factory
+    return declare
+
+
+def _inputs(declared, where: str) -> CallInputs:
+    if isinstance(declared, CallInputs):
+        return declared
+    if not isinstance(declared, Mapping):
+        raise PluginError(f"{where}: expected a mapping of {', '.join(_INPUT_FIELDS)}, "
+                          f"got {type(declared).__name__}")
+    unknown = [name for name in declared if name not in _INPUT_FIELDS]
+    if unknown:
+        raise PluginError(f"{where}: unknown field {unknown[0]!r} (the fields: "
+                          f"{', '.join(_INPUT_FIELDS)})")
+    for name in ("bias", "dropout"):
+        if name in declared and not isinstance(declared[name], bool):
+            raise PluginError(f"{where}: field {name!r} must be True or False, "
+                              f"got {declared[name]!r}")
+    masks = declared.get("masks", MASK_LAYOUTS)
+    masks = (masks,) if isinstance(masks, str) else masks
+    if not isinstance(masks, (tuple, list, set, frozenset)) or any(m not in MASK_LAYOUTS for m in masks):
+        raise PluginError(f"{where}: field 'masks' must be a tuple of mask layouts (each one of "
+                          f"{', '.join(MASK_LAYOUTS)}), got {declared.get('masks')!r}")
+    return CallInputs(bias=declared.get("bias", True), dropout=declared.get("dropout", True),
+                      masks=tuple(m for m in MASK_LAYOUTS if m in masks))
+
+
+def inputs_of(factory: Callable, name: str = "factory") -> CallInputs:
+    """The call-time inputs a factory declares (all of them when it declares none)."""
+    declared = getattr(factory, "call_inputs", None)
+    return CallInputs() if declared is None else _inputs(declared, f"{name}.call_inputs")
 
 
 def make_fn(factory: Callable, spec, *, form: str = "qkv", dtype: str | None = None,

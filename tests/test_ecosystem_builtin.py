@@ -31,6 +31,7 @@ import pytest
 from conftest import make_inputs, require
 from feature_cases import TOL, assert_close, assert_grads_close
 from attnsuite.impls import AttentionSpec, init_weights, oracle
+from attnsuite.impls.calling import inputs_of
 from attnsuite.impls.errors import Unsupported
 
 jb = require("jax")
@@ -227,6 +228,7 @@ def test_refuses_an_additive_bias(name):
     w, q, k, v, _, _ = inputs(spec)
     with pytest.raises(Unsupported, match="bias"):
         jb.forward(FACTORIES[name](spec), w, q, k, v, bias=np.zeros((L_Q, L_K)), dtype="float32")
+    assert not inputs_of(FACTORIES[name]).bias   # declared: the gate declines it up front
 
 
 def test_equinox_dropout_is_seeded_and_only_in_training():
@@ -251,6 +253,7 @@ def test_haiku_has_no_dropout():
                  oracle.forward(spec, w, q, k, v), TOL["float32"])
     with pytest.raises(Unsupported, match="dropout"):
         jb.forward(fn, w, q, k, v, dtype="float32", training=True, seed=0)
+    assert not inputs_of(builtin_hk.multi_head_attention).dropout   # declared too
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))

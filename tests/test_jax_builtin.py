@@ -20,6 +20,7 @@ from attnsuite.bench.sweeps import Config
 from conftest import make_inputs, require
 from feature_cases import TOL, assert_close, assert_grads_close
 from attnsuite.impls import AttentionSpec, init_weights, oracle, param_count
+from attnsuite.impls.calling import inputs_of
 from attnsuite.impls.errors import Unsupported
 
 jb = require("jax")
@@ -102,6 +103,7 @@ def test_flax_layers_refuse_an_additive_bias(name):
     w, q, k, v, _, _ = inputs(spec)
     with pytest.raises(Unsupported, match="bias"):
         jb.forward(FACTORIES[name](spec), w, q, k, v, bias=np.zeros((L_Q, L_K)), dtype="float32")
+    assert not inputs_of(FACTORIES[name]).bias   # declared: the gate declines it up front
 
 
 def fully_masked_row_class(spec, weights, key, value, row) -> str:
@@ -158,6 +160,7 @@ def test_jax_dot_product_attention_has_no_dropout():
                  oracle.forward(spec, w, q, k, v), TOL["float32"])
     with pytest.raises(Unsupported, match="dropout"):
         jb.forward(fn, w, q, k, v, dtype="float32", training=True, seed=0)
+    assert not inputs_of(builtin_jax.dot_product_attention).dropout   # declared too
 
 
 @pytest.mark.parametrize("name, kv_heads", [("flax.nnx.MultiHeadAttention", 2),

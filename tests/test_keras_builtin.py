@@ -20,6 +20,7 @@ import pytest
 from conftest import make_inputs, require
 from feature_cases import SCALE_OF
 from attnsuite.impls import AttentionSpec, Unsupported, init_weights, oracle
+from attnsuite.impls.calling import inputs_of
 
 S = AttentionSpec
 FRAMEWORKS = ("tensorflow", "jax", "torch")
@@ -186,6 +187,11 @@ def test_call_time_features_it_lacks_are_unsupported(tf_keras):
         tb.forward(*args, bias=np.zeros((4, 4)), dtype="float32")
     with pytest.raises(Unsupported, match="per-head mask"):
         tb.forward(*args, mask=np.ones((2, 2, 4, 4), bool), dtype="float32")
+    # The factory declares both, so the gate declines them before building the layer.
+    declared = inputs_of(factory)
+    assert declared.declines(None, bias=True, training=False)
+    assert declared.declines((2, 2, 4, 4), bias=False, training=False)
+    assert declared.declines((2, 1, 4, 4), bias=False, training=False) is None
 
 
 @pytest.mark.parametrize("spec, L_q, L_k", [

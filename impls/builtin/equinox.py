@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from attnsuite.impls.builtin import scale_is_default
 from attnsuite.impls.builtin.optional import library
+from attnsuite.impls.calling import call_inputs
 from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.masks import visible_mask
 from attnsuite.impls.spec import AttentionSpec
@@ -49,6 +50,9 @@ def make_layer(spec: AttentionSpec):
         dropout_p=spec.dropout, key=jax.random.key(0)))
 
 
+# Declared, so that the gate declines bias cases up front (calling.call_inputs); fn still
+# raises Unsupported for them, for a caller that does not read the declaration.
+@call_inputs(bias=False)
 def multihead_attention(spec: AttentionSpec):
     library("equinox", NAME)  # a missing library is the reason for every spec
     check_supported(spec)

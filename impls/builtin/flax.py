@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnsuite.impls.builtin import scale_is_default
+from attnsuite.impls.calling import call_inputs
 from attnsuite.impls.convert.flax import to_linen, to_nnx
 from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.spec import AttentionSpec
@@ -84,6 +85,9 @@ def _decode_token_by_token(step, cache: dict, query, key, value):
     return jnp.concatenate(outputs, axis=1), {"layer": layer, "tokens": tokens}
 
 
+# Declared, so that the gate declines bias cases up front (calling.call_inputs); fn still
+# raises Unsupported for them (_no_bias), for a caller that does not read the declaration.
+@call_inputs(bias=False)
 def linen_mha(spec: AttentionSpec):
     name = "flax.linen.MultiHeadDotProductAttention"
     _require_common(spec, name)
@@ -123,6 +127,7 @@ def linen_mha(spec: AttentionSpec):
     return fn
 
 
+@call_inputs(bias=False)
 def nnx_mha(spec: AttentionSpec):
     name = "flax.nnx.MultiHeadAttention"
     _require_common(spec, name)

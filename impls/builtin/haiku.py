@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from attnsuite.impls.builtin import scale_is_default
 from attnsuite.impls.builtin.optional import library
+from attnsuite.impls.calling import call_inputs
 from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.masks import visible_mask
 from attnsuite.impls.spec import AttentionSpec
@@ -44,6 +45,9 @@ def transformed(spec: AttentionSpec):
     return hk.transform(layer)
 
 
+# Declared, so that the gate declines those cases up front (calling.call_inputs); fn still
+# raises Unsupported for them, for a caller that does not read the declaration.
+@call_inputs(bias=False, dropout=False)
 def multi_head_attention(spec: AttentionSpec):
     library("haiku", NAME)  # a missing library is the reason for every spec
     check_supported(spec)

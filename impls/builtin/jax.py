@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 
+from attnsuite.impls.calling import call_inputs
 from attnsuite.impls.errors import Unsupported, decline
 from attnsuite.impls.ops.jax import output, project, rope_qk
 from attnsuite.impls.spec import AttentionSpec
@@ -52,6 +53,9 @@ def attend(spec: AttentionSpec, q, k, v, mask=None, bias=None, implementation: s
 
 
 def _layer(implementation: str | None):
+    # Declared, so that the gate declines the dropout check up front (calling.call_inputs);
+    # fn still raises Unsupported in training, for a caller that does not read it.
+    @call_inputs(dropout=False)
     def factory(spec: AttentionSpec):
         check_supported(spec, implementation)
 

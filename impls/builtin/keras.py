@@ -42,6 +42,7 @@ import random
 
 import keras
 
+from attnsuite.impls.calling import call_inputs
 from attnsuite.impls.convert.keras import canonical_to_keras, in_layer_order
 from attnsuite.impls.errors import Unsupported
 from attnsuite.impls.spec import AttentionSpec
@@ -91,6 +92,9 @@ def _attention_mask(mask, batch: int, L_q: int, L_k: int):
     return keras.ops.broadcast_to(mask, (batch, L_q, L_k))
 
 
+# Declared, so that the gate declines those cases up front (calling.call_inputs); fn still
+# raises Unsupported for them, for a caller that does not read the declaration.
+@call_inputs(bias=False, masks=("rank2", "rank4"))
 def multi_head_attention(spec: AttentionSpec):
     """SPEC section 5 factory for ``keras.layers.MultiHeadAttention`` on the current backend."""
     _check_spec(spec)

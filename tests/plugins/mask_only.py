@@ -4,7 +4,7 @@ support through ``attnsuite.visible_mask``: the README's plug-in example, verbat
 import jax
 import jax.numpy as jnp
 
-from attnsuite import Unsupported, visible_mask
+from attnsuite import Unsupported, call_inputs, visible_mask
 
 
 def my_layer(params, q, k, v, mask, heads):  # mask: (B, H, L_q, L_k) or None, True = attend
@@ -19,6 +19,7 @@ def my_layer(params, q, k, v, mask, heads):  # mask: (B, H, L_q, L_k) or None, T
     return heads_out.reshape(*heads_out.shape[:2], -1) @ params["wo"] + params.get("bo", 0)
 
 
+@call_inputs(bias=False, dropout=False)   # fn takes any mask layout, no bias, no training=
 def factory(spec):
     if spec.H_kv != spec.H or spec.softcap or spec.scale or spec.rope:
         raise Unsupported("my_layer: no grouped heads, softcap, custom scale or rotary positions")
