@@ -16,6 +16,7 @@ import io
 import json
 import shutil
 import sys
+import textwrap
 
 from attnsuite.impls.backends import framework_status
 from attnsuite.impls.calling import declares_decoding
@@ -157,21 +158,17 @@ def collect(entries: list[Entry], cache: ProbeCache | None = None, refresh: bool
                 for worker in started:
                     worker.kill()
                 raise
-    by_name = {entry.name: entry for entry in entries}
     for entry in unprobed:
         result = results[entry.name]
         sources = result.pop("sources", None)
-        result["cached"] = False
         if cache is not None and sources is not None:
-            _store(cache, entry, {k: v for k, v in result.items() if k != "cached"}, sources)
-    return {name: results[name] for name in by_name}
-
-
-def _store(cache: ProbeCache, entry: Entry, result: dict, sources: dict[str, str]) -> None:
-    try:
-        cache.store(entry, result, sources)
-    except OSError as exc:      # a read-only home: the listing itself is still right
-        print(f"attnsuite list: not cached ({exc})", file=sys.stderr)
+            try:
+                cache.store(entry, result, sources)
+            except OSError as exc:  # a read-only home: the listing itself is still right
+                print(f"attnsuite list: the probes are not cached ({exc})", file=sys.stderr)
+                cache = None
+        result["cached"] = False
+    return {entry.name: results[entry.name] for entry in entries}
 
 
 def provenance(results: dict[str, dict]) -> str:
@@ -182,9 +179,11 @@ def provenance(results: dict[str, dict]) -> str:
     if not cached:
         return f"probed now: {len(probed)}"
     if not probed:
-        return f"probed now: 0, from the cache: all {len(cached)} (attnsuite list --refresh probes again)"
-    return (f"probed now: {len(probed)} ({', '.join(probed)}), from the cache: {len(cached)} "
-            f"(attnsuite list --refresh probes again)")
+        return f"probed now: 0; from the cache: all {len(cached)}; attnsuite list --refresh probes again"
+    names = lambda group: f" ({', '.join(group)})"     # the shorter list is named
+    return (f"probed now: {len(probed)}{names(probed) if len(probed) <= len(cached) else ''}; "
+            f"from the cache: {len(cached)}{names(cached) if len(cached) < len(probed) else ''}; "
+            f"attnsuite list --refresh probes again")
 
 
 def _status(result: dict) -> str:
@@ -272,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         terminal = shutil.get_terminal_size(fallback=(0, 0)).columns if sys.stdout.isatty() else 0
         width = (terminal or WIDE_WIDTH) if args.wide else min(terminal or NARROW_WIDTH, NARROW_WIDTH)
         sys.stdout.write(table_text(entries, results, args.wide, width))
-        print(provenance(results))
+        print(textwrap.fill(provenance(results), width))
     return 0
 
 

@@ -135,7 +135,7 @@ def test_a_cache_hit_gives_the_same_table_and_json_as_a_fresh_probe(capsys, monk
     _no_probing(monkeypatch)
     cached, provenance = _listed(capsys, "numpy.oracle", GQA_ONLY, "--wide")
     assert cached == fresh
-    assert provenance.startswith("probed now: 0, from the cache: all 2")
+    assert provenance.startswith("probed now: 0; from the cache: all 2;")
     assert "--refresh" in provenance
     assert listing.main(["numpy.oracle", GQA_ONLY, "--json"]) == 0
     cached_json = json.loads(capsys.readouterr().out)
@@ -237,5 +237,22 @@ def test_an_answer_from_the_cache_imports_no_framework(capsys):
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "from the cache: all 1" in done.stdout
+    assert "from the cache: all 1;" in done.stdout
     assert done.stdout.rstrip().splitlines()[-1] == "[]"
+
+
+def test_only_what_the_cache_lacks_is_probed_and_the_footnote_says_which(capsys):
+    _listed(capsys, "numpy.oracle")
+    assert listing.main(["numpy.oracle", GQA_ONLY]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= listing.NARROW_WIDTH
+    footnote = " ".join(out.split("attnsuite list --wide")[-1].split())
+    assert f"probed now: 1 ({GQA_ONLY}); from the cache: 1;" in footnote
+
+
+def test_a_cache_folder_that_cannot_be_written_only_warns(capsys, cache_folder):
+    cache_folder.write_text("a file where the folder should be")
+    assert listing.main(["numpy.oracle", GQA_ONLY]) == 0
+    out, err = capsys.readouterr()
+    assert out.rstrip().endswith("probed now: 2") and "yes, every feature (16)" in out
+    assert len([line for line in err.splitlines() if "not cached" in line]) == 1
