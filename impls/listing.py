@@ -21,8 +21,8 @@ import textwrap
 from attnsuite.impls.backends import framework_status
 from attnsuite.impls.calling import declares_decoding
 from attnsuite.impls.errors import PluginError, Unsupported
-from attnsuite.impls.probe_cache import ProbeCache, SourceHashes, cache_dir, loaded_sources
 from attnsuite.impls.entry import Entry
+from attnsuite.impls.probe_cache import ProbeCache, SourceHashes, cache_dir, loaded_sources
 from attnsuite.impls.registry import all_entries, find_entry, load_factory
 from attnsuite.impls.spec import AttentionSpec
 from attnsuite.processes import Exit, Worker, exit_status, interrupt_on_sigterm, worker_channel, worker_env
@@ -129,10 +129,11 @@ def cached_and_unprobed(entries: list[Entry], cache: ProbeCache | None,
     unprobed = []
     for entry in entries:
         ok, reason = framework_status(entry.framework)
-        hit = cache.load(entry) if ok and cache is not None and not refresh else None
         if not ok:
             known[entry.name] = {"status": "unavailable", "reason": reason, "features": {}, "cached": False}
-        elif hit is not None:
+            continue
+        hit = None if cache is None or refresh else cache.load(entry)
+        if hit is not None:
             known[entry.name] = dict(hit, cached=True)
         else:
             unprobed.append(entry)
@@ -180,10 +181,11 @@ def provenance(results: dict[str, dict]) -> str:
         return f"probed now: {len(probed)}"
     if not probed:
         return f"probed now: 0; from the cache: all {len(cached)}; attnsuite list --refresh probes again"
-    names = lambda group: f" ({', '.join(group)})"     # the shorter list is named
-    return (f"probed now: {len(probed)}{names(probed) if len(probed) <= len(cached) else ''}; "
-            f"from the cache: {len(cached)}{names(cached) if len(cached) < len(probed) else ''}; "
-            f"attnsuite list --refresh probes again")
+    named = probed if len(probed) <= len(cached) else cached     # the shorter list is named
+    return "; ".join([
+        f"probed now: {len(probed)}" + (f" ({', '.join(probed)})" if named is probed else ""),
+        f"from the cache: {len(cached)}" + (f" ({', '.join(cached)})" if named is cached else ""),
+        "attnsuite list --refresh probes again"])
 
 
 def _status(result: dict) -> str:
