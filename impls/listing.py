@@ -77,7 +77,10 @@ def probe(entry: Entry) -> dict:
     features = {feature: _supports(factory, fields) for feature, fields in FEATURE_PROBES.items()}
     features["decode"] = _supports(factory, DECODE_PROBE, lambda fn: declares_decoding(fn) or
                                    "fn declares no decoding (fn.init_cache, fn.decode)")
-    features.update(_declared_inputs(factory, entry.name, features["dropout"]))
+    if features["mha"] is True:
+        features.update(_declared_inputs(factory, entry.name, features["dropout"]))
+    else:   # no fn is built at all: no input it takes
+        features.update(dict.fromkeys(INPUT_FEATURES, features["mha"]))
     return {"status": "ok", "reason": None, "features": features}
 
 
