@@ -18,6 +18,8 @@ from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import all_entries, find_entry, load_factory
 
 GQA_ONLY = "numpy:tests.plugins.numpy_impls:unsupported_gqa"
+FEATURES = len(listing.FEATURE_PROBES) + 1 + len(listing.INPUT_FEATURES)   # + decode
+EVERY_FEATURE = f"yes, every feature ({FEATURES})"
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +82,7 @@ def test_the_default_table_fits_100_columns_with_a_correct_install_hint(no_torch
     assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["name", "framework", "kind", "status"]
     assert "pipinstall'attnsuite[torch]'" in _squashed(out)      # not eaten as markup
     # 13 spec features, two RoPE styles and decoding; the NumPy plug-in declares no decoding.
-    assert "yes, every feature (16)" in out and "yes, 13 of 16 features" in out
+    assert EVERY_FEATURE in out and f"yes, {FEATURES - 3} of {FEATURES} features" in out
     assert "no grouped-query attention here" not in out          # that is --wide's
 
 
@@ -109,6 +111,18 @@ def test_json_keeps_every_reason_whole(no_torch, capsys):
     assert data["torch.fused"]["reason"] == ("attnsuite_no_such_torch is not installed "
                                              "(pip install 'attnsuite[torch]')")
     assert data[GQA_ONLY]["features"]["gqa"] == "no grouped-query attention here"
+
+
+def test_the_call_inputs_a_factory_declares_are_features(capsys):
+    declared, undeclared = "numpy:tests.plugins.inputs:declared", "numpy:tests.plugins.inputs:undeclared"
+    assert listing.main([declared, undeclared, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    features = data[declared]["features"]
+    assert features["additive_bias"] == "takes no additive bias (declared)"
+    assert features["mask_rank2"] is True and features["mask_rank4"] is True
+    assert features["mask_per_head"].startswith("takes no per-head mask")
+    assert features["dropout"] == "applies no dropout when training (declared)"
+    assert all(data[undeclared]["features"][f] is True for f in (*listing.INPUT_FEATURES, "dropout"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,7 +201,7 @@ def test_a_corrupt_cache_file_is_ignored_and_replaced(garbage, capsys, cache_fol
     path = probe_cache.ProbeCache(cache_folder).path(find_entry("numpy.oracle"))
     path.write_text(garbage)
     table, provenance = _listed(capsys, "numpy.oracle")
-    assert provenance == "probed now: 1" and "yes, every feature (16)" in table
+    assert provenance == "probed now: 1" and EVERY_FEATURE in table
     assert json.loads(path.read_text())["result"]["features"]["gqa"] is True
 
 
@@ -203,11 +217,11 @@ def test_refresh_probes_again_and_renews_the_cache(capsys, cache_folder):
     _listed(capsys, "numpy.oracle")
     _tamper(cache_folder, "numpy.oracle")
     table, _ = _listed(capsys, "numpy.oracle")
-    assert "yes, 15 of 16 features" in table      # the cache is trusted while its key holds
+    assert f"yes, {FEATURES - 1} of {FEATURES} features" in table      # the cache is trusted while its key holds
     table, provenance = _listed(capsys, "numpy.oracle", "--refresh")
-    assert provenance == "probed now: 1" and "yes, every feature (16)" in table
+    assert provenance == "probed now: 1" and EVERY_FEATURE in table
     table, provenance = _listed(capsys, "numpy.oracle")
-    assert "from the cache" in provenance and "yes, every feature (16)" in table
+    assert "from the cache" in provenance and EVERY_FEATURE in table
 
 
 def test_a_variable_that_steers_the_devices_invalidates_the_cache(capsys, cache_folder, monkeypatch):
@@ -215,14 +229,14 @@ def test_a_variable_that_steers_the_devices_invalidates_the_cache(capsys, cache_
     _tamper(cache_folder, "numpy.oracle")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     table, provenance = _listed(capsys, "numpy.oracle")
-    assert provenance == "probed now: 1" and "yes, every feature (16)" in table
+    assert provenance == "probed now: 1" and EVERY_FEATURE in table
 
 
 def test_no_cache_neither_reads_nor_writes_it(capsys, cache_folder):
     _listed(capsys, "numpy.oracle")
     _tamper(cache_folder, "numpy.oracle")
     table, provenance = _listed(capsys, "numpy.oracle", "--no-cache")
-    assert provenance == "probed now: 1" and "yes, every feature (16)" in table
+    assert provenance == "probed now: 1" and EVERY_FEATURE in table
     assert "tampered" in probe_cache.ProbeCache(cache_folder).path(find_entry("numpy.oracle")).read_text()
 
 
@@ -254,5 +268,5 @@ def test_a_cache_folder_that_cannot_be_written_only_warns(capsys, cache_folder):
     cache_folder.write_text("a file where the folder should be")
     assert listing.main(["numpy.oracle", GQA_ONLY]) == 0
     out, err = capsys.readouterr()
-    assert out.rstrip().endswith("probed now: 2") and "yes, every feature (16)" in out
+    assert out.rstrip().endswith("probed now: 2") and EVERY_FEATURE in out
     assert len([line for line in err.splitlines() if "not cached" in line]) == 1
