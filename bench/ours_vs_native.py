@@ -76,7 +76,7 @@ def table(results: dict[tuple[str, str], list[dict]], sweep: str, threads: int |
     lines = [f"# Our fused layers against the native path ({sweep} sweep, "
              f"{threads or 'all'} thread{'s' if threads != 1 else ''})", "",
              __doc__.split("\n\n", 2)[2].strip() + made_from, "",
-             "| ours | native | compile | pass | config | ours / native throughput | 95% CI | p | "
+             "| ours | native | compile | pass | config | ours / native throughput | interval | p | "
              f">= {TARGET} |", "|---|---|---|---|---|---|---|---|---|"]
     tally = {"meets": 0, "undecided": 0, "MISSES": 0}
     for (native, ours), points in results.items():
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pairs = [tuple(p) for p in args.pair] if args.pair else PAIRS
     args.out.mkdir(parents=True, exist_ok=True)
+    source = git_commit()     # the code timed: read before, not after a run of many minutes
     with tempfile.TemporaryDirectory(prefix="ours-vs-native-") as scratch:
         results = {(native, ours): time_pair(native, ours, args.sweep, args.threads, Path(scratch))
                    for native, ours in pairs}
-    source = git_commit()
     made_from = (f"\n\nMade from commit {source['commit']}{' with uncommitted changes' if source['dirty'] else ''}."
                  if source["commit"] else "")
     atomic_write_text(args.out / FILE_NAME, table(results, args.sweep, args.threads, made_from))
