@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 from attnsuite.conformance.cases import Case
 from attnsuite.conformance.checks import CheckResult, Options
+from attnsuite.impls.backends.common import QUICK_XLA_CPU_OPTIONS, xla_flags
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import find_entry
 from attnsuite.processes import Exit, Worker, worker_env
@@ -49,6 +50,21 @@ def _can_cap_jax_cache() -> bool:
     return importlib.util.find_spec("filelock") is not None
 
 
+# What the adapter's own programs compile with, for every program of a JAX worker too: the
+# eager calls of the behaviour checks compile each operation, and an implementation's own
+# jit (a decode step per cache length) compiles a program per shape, all run once or twice.
+GATE_XLA_OPTIONS = {"cpu": QUICK_XLA_CPU_OPTIONS}
+
+
+def jax_xla_flags(device: str) -> dict | None:
+    """The XLA_FLAGS the run's JAX workers get and who set them (for the report), or None."""
+    if "XLA_FLAGS" in os.environ:
+        return {"XLA_FLAGS": os.environ["XLA_FLAGS"], "set_by": "the user"}
+    if device in GATE_XLA_OPTIONS:
+        return {"XLA_FLAGS": xla_flags(GATE_XLA_OPTIONS[device]), "set_by": "attnsuite check"}
+    return None
+
+
 def _worker_env(entry: Entry, device: str) -> dict:
     env = worker_env(dict(entry.env), device)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -59,6 +75,8 @@ def _worker_env(entry: Entry, device: str) -> dict:
         env["JAX_COMPILATION_CACHE_DIR"] = str(_jax_cache_dir())
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))
+    if entry.framework == "jax" and "XLA_FLAGS" not in env and device in GATE_XLA_OPTIONS:
+        env["XLA_FLAGS"] = xla_flags(GATE_XLA_OPTIONS[device])
     if device != "cpu" and entry.framework == "jax":  # JAX takes 75% of the GPU at start: workers share one
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     return env

@@ -181,8 +181,17 @@ def _environment_lines(env: dict) -> list[str]:
         f"strict fully-masked: {env.get('strict_fully_masked')}",
         f"- weights: {source}",
         f"- frameworks: {frameworks}",
+        *_xla_flags_line(env.get("jax_xla_flags")),
         f"- python {env.get('python')} on {env.get('platform')}, {env.get('time')}",
     ]
+
+
+def _xla_flags_line(flags: dict | None) -> list[str]:
+    if not flags:
+        return []
+    why = (" (the gate's quick compiles; set XLA_FLAGS, even empty, to compile with your own)"
+           if flags["set_by"] == "attnsuite check" else f" (set by {flags['set_by']})")
+    return [f"- JAX workers compile with XLA_FLAGS={flags['XLA_FLAGS']!r}{why}"]
 
 
 def _input_line(env: dict) -> str:

@@ -27,7 +27,8 @@ from jax.core import eval_jaxpr as jax_core_eval  # noqa: E402
 from jax.extend import core as jax_core  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnsuite.impls.backends.common import convert_inputs, differentiable_inputs  # noqa: E402
+from attnsuite.impls.backends.common import (  # noqa: E402
+    QUICK_XLA_CPU_OPTIONS, convert_inputs, differentiable_inputs)
 from attnsuite.impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
@@ -118,11 +119,7 @@ def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None,
     return to_numpy(out), grads
 
 
-# Each program here is small and runs once: compiling is nearly all it costs. On CPU these
-# cut that fourfold (LLVM at -O0, XLA's older fusion code generator). The optimised HLO is
-# the same; results differ from a default build's by a rounding at most (one ulp in each
-# dtype over the default profile).
-_QUICK_COMPILE = {"cpu": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}}
+_QUICK_COMPILE = {"cpu": QUICK_XLA_CPU_OPTIONS}
 
 
 @functools.cache
