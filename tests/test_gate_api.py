@@ -226,13 +226,27 @@ def test_jax_cpu_workers_compile_quickly_unless_the_user_set_xla_flags(plain_env
     plain_env.delenv("XLA_FLAGS", raising=False)
     quick = pool._worker_env(find_entry("flax.nnx.MultiHeadAttention"), "cpu")["XLA_FLAGS"]
     assert "--xla_backend_optimization_level=0" in quick.split()
-    assert pool.jax_xla_flags("cpu") == {"XLA_FLAGS": quick, "set_by": "attnsuite check"}
+    assert pool.worker_settings(["jax"], "cpu") == {
+        "jax": {"XLA_FLAGS": {"value": quick, "set_by": "attnsuite check"}}}
     for name in ("numpy.oracle", "torch.fused", "tensorflow.fused"):
         assert "XLA_FLAGS" not in pool._worker_env(find_entry(name), "cpu"), name
     assert "XLA_FLAGS" not in pool._worker_env(find_entry("jax.fused"), "gpu")
     plain_env.setenv("XLA_FLAGS", "")          # even empty: the user's own settings
     assert pool._worker_env(find_entry("jax.fused"), "cpu")["XLA_FLAGS"] == ""
-    assert pool.jax_xla_flags("cpu") == {"XLA_FLAGS": "", "set_by": "the user"}
+    assert pool.worker_settings(["jax"], "cpu")["jax"]["XLA_FLAGS"] == {"value": "", "set_by": "the user"}
+
+
+def test_torch_cpu_workers_run_one_thread_unless_the_user_set_it(plain_env):
+    plain_env.delenv("OMP_NUM_THREADS", raising=False)
+    for name in ("torch.fused", "keras.torch.MultiHeadAttention", "transformers.LlamaAttention.sdpa"):
+        assert pool._worker_env(find_entry(name), "cpu")["OMP_NUM_THREADS"] == "1", name
+    for name in ("numpy.oracle", "jax.fused", "tensorflow.fused"):
+        assert "OMP_NUM_THREADS" not in pool._worker_env(find_entry(name), "cpu"), name
+    assert "OMP_NUM_THREADS" not in pool._worker_env(find_entry("torch.fused"), "gpu")
+    assert set(pool.worker_settings(["torch", "numpy", "torch"], "cpu")) == {"torch"}
+    plain_env.setenv("OMP_NUM_THREADS", "4")
+    assert pool._worker_env(find_entry("torch.fused"), "cpu")["OMP_NUM_THREADS"] == "4"
+    assert pool.worker_settings(["torch"], "cpu")["torch"]["OMP_NUM_THREADS"]["set_by"] == "the user"
 
 
 def test_xla_accepts_the_quick_compile_options():
