@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 from attnsuite.conformance.cases import Case
 from attnsuite.conformance.checks import CheckResult, Options
+from attnsuite.impls.backends.common import QUICK_XLA_CPU_OPTIONS, xla_flags
 from attnsuite.impls.entry import Entry
 from attnsuite.impls.registry import find_entry
 from attnsuite.processes import Exit, Worker, worker_env
@@ -49,6 +50,31 @@ def _can_cap_jax_cache() -> bool:
     return importlib.util.find_spec("filelock") is not None
 
 
+# Variables the gate sets for a framework's workers on a device, each unless the user set it
+# (reported in the run's environment: ``worker_settings``).
+# - JAX: what the adapter's own programs compile with, for every program of the worker: the
+#   behaviour checks' eager calls compile each operation, and an implementation's own jit
+#   (a decode step per cache length) a program per shape, all run once or twice.
+# - torch: one thread. Its operations here are small, and on every core torch's idle
+#   OpenMP threads spin between them, against the run's other workers (two thirds of a
+#   torch worker's CPU time on a busy machine, and its wall time slower too).
+GATE_SETTINGS = {("jax", "cpu"): {"XLA_FLAGS": xla_flags(QUICK_XLA_CPU_OPTIONS)},
+                 ("torch", "cpu"): {"OMP_NUM_THREADS": "1"}}
+
+
+def worker_settings(frameworks, device: str) -> dict:
+    """Per framework, each variable the gate sets for its workers with its value and who
+    set it (the user, where their own is kept), for the report."""
+    settings = {}
+    for framework in sorted(set(frameworks)):
+        for name, value in GATE_SETTINGS.get((framework, device), {}).items():
+            ours = name not in os.environ
+            settings.setdefault(framework, {})[name] = {
+                "value": value if ours else os.environ[name],
+                "set_by": "attnsuite check" if ours else "the user"}
+    return settings
+
+
 def _worker_env(entry: Entry, device: str) -> dict:
     env = worker_env(dict(entry.env), device)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -59,6 +85,8 @@ def _worker_env(entry: Entry, device: str) -> dict:
         env["JAX_COMPILATION_CACHE_DIR"] = str(_jax_cache_dir())
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))
+    for name, value in GATE_SETTINGS.get((entry.framework, device), {}).items():
+        env.setdefault(name, value)
     if device != "cpu" and entry.framework == "jax":  # JAX takes 75% of the GPU at start: workers share one
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     return env

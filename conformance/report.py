@@ -181,8 +181,19 @@ def _environment_lines(env: dict) -> list[str]:
         f"strict fully-masked: {env.get('strict_fully_masked')}",
         f"- weights: {source}",
         f"- frameworks: {frameworks}",
+        *_worker_settings_lines(env.get("worker_settings") or {}),
         f"- python {env.get('python')} on {env.get('platform')}, {env.get('time')}",
     ]
+
+
+def _worker_settings_lines(settings: dict) -> list[str]:
+    lines = []
+    for framework, variables in settings.items():
+        for name, setting in variables.items():
+            why = (f"the gate's; set {name} yourself to keep your own"
+                   if setting["set_by"] == "attnsuite check" else f"set by {setting['set_by']}")
+            lines.append(f"- {framework} workers run with {name}={setting['value']!r} ({why})")
+    return lines
 
 
 def _input_line(env: dict) -> str:

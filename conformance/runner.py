@@ -28,7 +28,7 @@ from attnsuite.conformance.cases import Case, catalog, find_case, generated_case
 from attnsuite.conformance.checks import Options
 from attnsuite.conformance.coverage import LOW_COVERAGE
 from attnsuite.conformance.judging import judge_in_process
-from attnsuite.conformance.pool import DEFAULT_TIMEOUT, judge_isolated
+from attnsuite.conformance.pool import DEFAULT_TIMEOUT, judge_isolated, worker_settings
 from attnsuite.conformance.shards import shard_positions
 from attnsuite.conformance.progress import Progress
 from attnsuite.conformance.results import FAILING, ImplResult, RunResult  # noqa: F401 (the API's names)
@@ -172,6 +172,8 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
             impl.framework, impl.kind = entry.framework, entry.kind
         except Exception:
             pass
+    if isolate:
+        env["worker_settings"] = worker_settings([impl.framework for impl in results if impl.framework], device)
     if isolate:
         events = judge_isolated(names, cases, options, weights_path, jobs, timeout)
     else:

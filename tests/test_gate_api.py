@@ -222,6 +222,43 @@ def test_the_users_own_jax_cache_settings_win(plain_env):
     assert "JAX_COMPILATION_CACHE_MAX_SIZE" not in env, "the user's own cache was capped"
 
 
+def test_jax_cpu_workers_compile_quickly_unless_the_user_set_xla_flags(plain_env):
+    plain_env.delenv("XLA_FLAGS", raising=False)
+    quick = pool._worker_env(find_entry("flax.nnx.MultiHeadAttention"), "cpu")["XLA_FLAGS"]
+    assert "--xla_backend_optimization_level=0" in quick.split()
+    assert pool.worker_settings(["jax"], "cpu") == {
+        "jax": {"XLA_FLAGS": {"value": quick, "set_by": "attnsuite check"}}}
+    for name in ("numpy.oracle", "torch.fused", "tensorflow.fused"):
+        assert "XLA_FLAGS" not in pool._worker_env(find_entry(name), "cpu"), name
+    assert "XLA_FLAGS" not in pool._worker_env(find_entry("jax.fused"), "gpu")
+    plain_env.setenv("XLA_FLAGS", "")          # even empty: the user's own settings
+    assert pool._worker_env(find_entry("jax.fused"), "cpu")["XLA_FLAGS"] == ""
+    assert pool.worker_settings(["jax"], "cpu")["jax"]["XLA_FLAGS"] == {"value": "", "set_by": "the user"}
+
+
+def test_torch_cpu_workers_run_one_thread_unless_the_user_set_it(plain_env):
+    plain_env.delenv("OMP_NUM_THREADS", raising=False)
+    for name in ("torch.fused", "keras.torch.MultiHeadAttention", "transformers.LlamaAttention.sdpa"):
+        assert pool._worker_env(find_entry(name), "cpu")["OMP_NUM_THREADS"] == "1", name
+    for name in ("numpy.oracle", "jax.fused", "tensorflow.fused"):
+        assert "OMP_NUM_THREADS" not in pool._worker_env(find_entry(name), "cpu"), name
+    assert "OMP_NUM_THREADS" not in pool._worker_env(find_entry("torch.fused"), "gpu")
+    assert set(pool.worker_settings(["torch", "numpy", "torch"], "cpu")) == {"torch"}
+    plain_env.setenv("OMP_NUM_THREADS", "4")
+    assert pool._worker_env(find_entry("torch.fused"), "cpu")["OMP_NUM_THREADS"] == "4"
+    assert pool.worker_settings(["torch"], "cpu")["torch"]["OMP_NUM_THREADS"]["set_by"] == "the user"
+
+
+def test_xla_accepts_the_quick_compile_options():
+    """A flag XLA no longer knows fails every JAX worker at its first compile."""
+    require("jax")
+    import jax
+
+    from attnsuite.impls.backends.common import QUICK_XLA_CPU_OPTIONS
+
+    assert int(jax.jit(lambda x: x + 1, compiler_options=QUICK_XLA_CPU_OPTIONS)(1)) == 2
+
+
 def test_no_persistent_cache_where_jax_cannot_cap_it(plain_env):
     """Without ``filelock`` JAX raises on a capped cache: better none than an unbounded one."""
     plain_env.setattr(pool, "_can_cap_jax_cache", lambda: False)

@@ -2,8 +2,10 @@
 
 ``forward_and_vjp`` compiles the forward pass and its vjp as one ``jax.jit`` program:
 op by op, every primitive of both passes is compiled on its own for each new shape
-(about 60 compiles a case, three times the cost of one). Whatever fails compiled (a fn
-that reads concrete values: the contract does not ask for jit) runs eagerly instead.
+(about 60 compiles a case, three times the cost of one). A dot algorithm the device
+rejects (float16 attention accumulated in float32 on CPU) is left to XLA, as op-by-op
+execution gets it (``_compiled``). Whatever still fails compiled (a fn that reads concrete
+values: the contract does not ask for jit) runs eagerly instead.
 ``forward`` stays eager, so each call runs ``fn``'s Python body and any state it keeps
 between calls shows in the results. Wrap ``fn`` in ``jax.jit`` yourself for timing.
 """
@@ -21,9 +23,12 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
+from jax.core import eval_jaxpr as jax_core_eval  # noqa: E402
+from jax.extend import core as jax_core  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnsuite.impls.backends.common import convert_inputs, differentiable_inputs  # noqa: E402
+from attnsuite.impls.backends.common import (  # noqa: E402
+    QUICK_XLA_CPU_OPTIONS, convert_inputs, differentiable_inputs)
 from attnsuite.impls.errors import Unsupported  # noqa: E402
 
 _DTYPES = {
@@ -104,22 +109,17 @@ def forward_and_vjp(fn, weights, query, key, value, d_out, mask=None, bias=None,
     both = functools.partial(_forward_and_vjp, fn, form)
     args = (params(weights, dtype, device), inputs, m, b, tensor(d_out, dtype, device))
     try:
-        out, d_params, d_inputs = jax.jit(both, compiler_options=_quick_compile(device))(*args)
+        out, d_params, d_inputs = _compiled(both, device)(*args)
     except Exception:
-        # Tracing asks more of fn than the contract does (no reading concrete values), and
-        # XLA rejects some whole programs whose ops it runs one by one (float16 attention
-        # with float32 accumulation on CPU): what fails compiled is judged eagerly.
+        # Tracing asks more of fn than the contract does (no reading concrete values):
+        # what fails compiled is judged eagerly.
         out, d_params, d_inputs = both(*args)
     grads = {name: to_numpy(g) for name, g in d_params.items()}
     grads.update({name: to_numpy(g) for name, g in zip(names, d_inputs)})
     return to_numpy(out), grads
 
 
-# Each program here is small and runs once: compiling is nearly all it costs. On CPU these
-# cut that fourfold (LLVM at -O0, XLA's older fusion code generator). The optimised HLO is
-# the same; results differ from a default build's by a rounding at most (one ulp in each
-# dtype over the default profile).
-_QUICK_COMPILE = {"cpu": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}}
+_QUICK_COMPILE = {"cpu": QUICK_XLA_CPU_OPTIONS}
 
 
 @functools.cache
@@ -132,6 +132,71 @@ def _quick_compile(device: str) -> dict | None:
     except Exception:
         return None
     return options
+
+
+def _compiled(function, device: str):
+    """``function`` as one compiled program. Where the device rejects a dot algorithm the
+    program asks for, the algorithm is left to XLA instead, as op-by-op execution gets it:
+    ``jax.nn.dot_product_attention`` asks for float16 x float16 -> float32, which XLA's CPU
+    backend lacks; run op by op, the request fails at once and JAX's attention retries
+    without it, but in a traced program the failure comes only at the end, past that retry
+    (and running the case op by op instead costs a compile per primitive: fifty a case)."""
+    options = _quick_compile(device)
+
+    def run(*args):
+        try:
+            return jax.jit(function, compiler_options=options)(*args)
+        except Exception:
+            traced = jax.make_jaxpr(function, return_shape=True)
+            closed, shape = traced(*args)
+            supported = _without_rejected_algorithms(closed.jaxpr, device)
+            if supported is closed.jaxpr:
+                raise
+            program = jax.jit(lambda *flat: jax_core_eval(supported, closed.consts, *flat),
+                              compiler_options=options)
+            flat = program(*jax.tree_util.tree_leaves(args))
+            return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), flat)
+    return run
+
+
+def _without_rejected_algorithms(jaxpr, device: str):
+    """``jaxpr`` (the same object where nothing changes) with every dot algorithm preset
+    that ``device`` rejects replaced by XLA's default, in sub-programs too."""
+    eqns, changed = [], False
+    for eqn in jaxpr.eqns:
+        params = {name: _in_param(value, device) for name, value in eqn.params.items()}
+        precision = params.get("precision")
+        if (eqn.primitive.name == "dot_general" and isinstance(precision, jax.lax.DotAlgorithmPreset)
+                and not _takes_algorithm(precision, device)):
+            params["precision"] = None
+        if any(params[name] is not eqn.params[name] for name in params):
+            eqn, changed = eqn.replace(params=params), True
+        eqns.append(eqn)
+    return jaxpr.replace(eqns=eqns) if changed else jaxpr
+
+
+def _in_param(value, device: str):
+    if isinstance(value, tuple):
+        values = tuple(_in_param(v, device) for v in value)
+        return values if any(a is not b for a, b in zip(values, value)) else value
+    if isinstance(value, jax_core.ClosedJaxpr):
+        inner = _without_rejected_algorithms(value.jaxpr, device)
+        return value if inner is value.jaxpr else value.replace(jaxpr=inner)
+    if isinstance(value, jax_core.Jaxpr):
+        return _without_rejected_algorithms(value, device)
+    return value
+
+
+@functools.cache
+def _takes_algorithm(preset, device: str) -> bool:
+    """Whether JAX lowers a dot with ``preset`` for ``device`` (lowering only: no compile)."""
+    dot = functools.partial(jax.lax.dot, precision=preset)
+    operand = tensor(np.ones((1, 1)), "float32", device)
+    try:
+        jax.jit(dot).lower(operand, operand)
+    except ValueError:
+        return False
+    return True
 
 
 def _forward_and_vjp(fn, form, params, inputs, mask, bias, d_out):
