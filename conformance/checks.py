@@ -62,7 +62,9 @@ class CheckResult:
     seconds: float | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: its deep copy of every detail was most of the time a
+        # report of a few thousand checks took to write.
+        return {**vars(self), "tags": list(self.tags)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CheckResult":

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_in(0, SEED_LIMIT), default=0,
                    help="shifts every case's seed (default 0)")
     p.add_argument("--jobs", type=int_in(1), default=None,
-                   help="framework processes at once (default: cores)")
+                   help="framework processes at once (default: cores + 1)")
     p.add_argument("--generated", type=int_in(0), default=0, metavar="N",
                    help="also N generated cases (drawn from --seed; each id carries its own "
                         "seed, so --case ID reproduces one)")

@@ -23,7 +23,7 @@ import textwrap
 from attnsuite.impls.backends import framework_status
 from attnsuite.impls.calling import declares_decoding, inputs_of
 from attnsuite.impls.errors import PluginError, Unsupported
-from attnsuite.impls.entry import Entry
+from attnsuite.impls.entry import Entry, process_groups
 from attnsuite.impls.probe_cache import ProbeCache, SourceHashes, cache_dir, loaded_sources
 from attnsuite.impls.registry import all_entries, find_entry, load_factory
 from attnsuite.impls.spec import AttentionSpec
@@ -100,24 +100,8 @@ def _declared_inputs(factory, name: str, dropout) -> dict:
 
 
 def probe_groups(entries: list[Entry]) -> list[tuple[dict[str, str], list[Entry]]]:
-    """(environment, entries) per probing process: one per framework, so that each framework
-    is imported once, where its entries agree on the environment (an entry that asks for
-    none, e.g. ``torch.fused``, takes Keras's backend setting as well); else one per process
-    key, as the gate runs them."""
-    by_framework: dict[str, list[Entry]] = {}
-    for entry in entries:
-        by_framework.setdefault(entry.framework, []).append(entry)
-    groups = []
-    for members in by_framework.values():
-        envs = {entry.env for entry in members if entry.env}
-        if len(envs) <= 1:
-            groups.append((dict(next(iter(envs), ())), members))
-            continue
-        by_key: dict[tuple, list[Entry]] = {}
-        for entry in members:
-            by_key.setdefault(entry.process_key, []).append(entry)
-        groups += [(dict(key[1]), group) for key, group in by_key.items()]
-    return groups
+    """(environment, entries) per probing process, as the gate groups them (``process_groups``)."""
+    return [(env, [entries[i] for i in members]) for env, members in process_groups(entries)]
 
 
 def _probe_in_worker(names: list[str]) -> dict[str, dict]:

@@ -278,3 +278,18 @@ def test_isolated_workers_start_with_the_runs_device(monkeypatch, device):
     list(pool.judge_isolated(["numpy.oracle", "torch.fused"], [], Options(device=device), jobs=1))
     expected = "" if device == "cpu" else None
     assert seen == [expected] * 2, f"device {device}: the workers got CUDA_VISIBLE_DEVICES {seen}"
+
+
+def test_a_frameworks_keras_entry_shares_its_worker_with_the_backend_setting(monkeypatch):
+    started = []
+
+    def judge_part(part, names, cases, job_base, env, *rest):
+        started.append((env.get("KERAS_BACKEND"), sorted(names[i] for i in part.indices)))
+    monkeypatch.setattr(pool, "_judge_part", judge_part)
+    names = ["torch.fused", "keras.torch.MultiHeadAttention", "jax.fused",
+             "keras.jax.MultiHeadAttention", "numpy.oracle"]
+    list(pool.judge_isolated(names, [], Options(), jobs=1))
+    assert sorted(started, key=str) == sorted([
+        ("torch", ["keras.torch.MultiHeadAttention", "torch.fused"]),
+        ("jax", ["jax.fused", "keras.jax.MultiHeadAttention"]),
+        (None, ["numpy.oracle"])], key=str)
