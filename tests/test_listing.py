@@ -225,6 +225,7 @@ def test_refresh_probes_again_and_renews_the_cache(capsys, cache_folder):
 
 
 def test_a_variable_that_steers_the_devices_invalidates_the_cache(capsys, cache_folder, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)   # a run may have set it already
     _listed(capsys, "numpy.oracle")
     _tamper(cache_folder, "numpy.oracle")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
