@@ -97,6 +97,22 @@ def _dropout(backend, factory) -> dict:
                                                                          a["key"], a["value"]))}
 
 
+def _unequal_head_sizes(backend, framework: str) -> str:
+    """"ok", "wrong", or the name of the error Keras raises, for value heads of another size
+    than the key heads (``value_dim`` != ``key_dim``)."""
+    from attnsuite.impls.builtin.keras import multi_head_attention
+
+    spec = S(8, 2, value_head_dim=6)
+    w = init_weights(spec, seed=13)
+    a = make_inputs(spec, B=2, L_q=4, L_k=5, seed=13)
+    args = (w, a["query"], a["key"], a["value"])
+    try:
+        out = backend.forward(multi_head_attention(spec), *args, dtype="float64")
+    except Exception as exc:
+        return type(exc).__name__
+    return "ok" if _relative_error(out, oracle.forward(spec, *args)) < FLOAT64_BOUND[framework] else "wrong"
+
+
 def observe_here(framework: str) -> dict:
     """Run every observation in this process (Keras must already be on ``framework``)."""
     import keras
@@ -109,7 +125,8 @@ def observe_here(framework: str) -> dict:
     return {"smoke": _smoke(backend, multi_head_attention(SMOKE_SPEC)),
             "fully_masked": {f"dropout_{p:g}": _fully_masked(backend, multi_head_attention, p)
                              for p in (0.0, 0.2)},
-            "dropout": _dropout(backend, multi_head_attention)}
+            "dropout": _dropout(backend, multi_head_attention),
+            "unequal_head_sizes": _unequal_head_sizes(backend, framework)}
 
 
 @functools.cache
@@ -223,6 +240,14 @@ def test_its_causal_mask_is_top_left_whatever_the_alignment(tf_keras):
     bottom_right = oracle.forward(spec, w, a["query"], a["key"], a["value"])
     assert _relative_error(got, top_left) <= FLOAT32_BOUND
     assert _relative_error(got, bottom_right) > 1e-2
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_value_heads_of_another_size_than_the_key_heads(framework):
+    """Keras on JAX hands its heads to jax.nn.dot_product_attention, which needs one head
+    size for keys and values: the layer accepts value_dim != key_dim, then raises (a
+    finding of the gate: README, "What the built-ins really do")."""
+    assert observe(framework)["unequal_head_sizes"] == ("TypeError" if framework == "jax" else "ok")
 
 
 if __name__ == "__main__":   # the subprocess side of observe()
