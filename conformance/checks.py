@@ -40,7 +40,7 @@ from attnsuite.conformance.cases import NUMERIC, Case, CaseData
 from attnsuite.conformance.coverage import DECLINED_BY_FACTORY, DECLINED_BY_FRAMEWORK
 from attnsuite.conformance.decode import judge_decode
 from attnsuite.impls import oracle
-from attnsuite.impls.calling import FORM_INPUTS, FORMS, CallInputs, fold_input_grads, make_fn
+from attnsuite.impls.calling import FORM_INPUTS, FORMS, CallInputs, declares_decoding, fold_input_grads, make_fn
 from attnsuite.impls.errors import Unsupported
 from attnsuite.impls.weights import weight_shapes
 
@@ -221,6 +221,10 @@ def judge_case(subject: Subject, case: Case, ref: Reference, options: Options,
     data = ref.data
     declined = subject.inputs.declines(None if data.mask is None else data.mask.shape,
                                        data.bias is not None, training=case.checks == ("dropout",))
+    if case.checks == ("decode",) and not declares_decoding(fn):
+        # Decoding is declared by the fn built (SPEC 5): a layer without a cache states a
+        # capability it lacks, as a declined spec does, rather than leaving a hole.
+        declined = "fn declares no decoding (fn.init_cache and fn.decode)"
     if declined:
         return judge.all(checks, "unsupported", f"{DECLINED_BY_FACTORY}{declined}")
     behaviour = {"stateless": _stateless, "deterministic": _deterministic, "dropout": _dropout,

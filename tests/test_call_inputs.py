@@ -98,3 +98,13 @@ def test_a_malformed_declaration_is_a_plugin_error_through_the_gate():
     run = check([P + "malformed"], profile="quick")
     impl = run.implementations[0]
     assert impl.verdict == "error" and "call_inputs" in impl.reason and "'masks'" in impl.reason
+
+
+def test_a_fn_that_declares_no_decoding_is_declined_up_front():
+    run = check([P + "declared"], profile="quick", case_filter=lambda case: case.checks == ("decode",))
+    impl = run.implementations[0]
+    declined = [r for r in impl.results if not r.message.startswith("framework: ")]
+    assert declined and all(r.status == "unsupported" and r.message ==
+                            "factory: fn declares no decoding (fn.init_cache and fn.decode)"
+                            for r in declined)
+    assert impl.coverage().allowed == 0
