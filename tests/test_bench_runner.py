@@ -109,7 +109,17 @@ def test_an_interrupted_sweep_keeps_its_records_and_leaves_no_worker_behind(tmp_
     assert len(load(tmp_path)) == 1
 
 
-def test_interleaved_run_times_baseline_and_candidate_in_one_run(tmp_path):
+@pytest.fixture
+def own_environment():
+    """``interleaved.run`` sets up the process it runs in as a worker (threads, devices):
+    give the environment back, so that the tests after it in this process are not run so."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_interleaved_run_times_baseline_and_candidate_in_one_run(tmp_path, own_environment):
     from attnsuite.bench import compare, interleaved
 
     configs = [Config(1, L, L, 8, 2, 2, "float32", False, "cpu") for L in (8, 16)]
