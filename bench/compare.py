@@ -103,12 +103,16 @@ def evidence(a: list[float], b: list[float], *, paired: bool, looks: int = 1):
     if paired:
         ratio = significance.paired_ratio(a, b)
         ci = significance.paired_ratio_ci(a, b, confidence=confidence)
-        p = significance.wilcoxon_signed_rank(a, b)[1]
     else:
         ratio = statistics.median(b) / statistics.median(a)
         ci = significance.ratio_ci(a, b, confidence=confidence)
-        p = significance.mann_whitney(a, b)[1]
-    return ratio, ci, min(1.0, looks * p)
+    return ratio, ci, _p_value(a, b, paired=paired, looks=looks)
+
+
+def _p_value(a, b, *, paired: bool, looks: int) -> float:
+    """The test's p-value, paid for ``looks`` looks (``evidence`` without the interval)."""
+    test = significance.wilcoxon_signed_rank if paired else significance.mann_whitney
+    return min(1.0, looks * test(a, b)[1])
 
 
 def _paired(a, b, same_session: bool) -> bool:
@@ -214,7 +218,7 @@ def _raw_p(base: dict, cand: dict, same_session: bool) -> float | None:
     if base.get("status") != "ok" or cand.get("status") != "ok" or not a or not b \
             or min(len(a), len(b)) < MIN_SAMPLES:
         return None
-    return evidence(a, b, paired=_paired(a, b, same_session), looks=looks_of(base, cand))[2]
+    return _p_value(a, b, paired=_paired(a, b, same_session), looks=looks_of(base, cand))
 
 
 def compare_records(base: list[dict], cand: list[dict], threshold: float, fields=KEY,

@@ -174,7 +174,6 @@ def check(impls: Sequence[str], profile: str = "quick", dtypes: Iterable[str] | 
             pass
     if isolate:
         env["worker_settings"] = worker_settings([impl.framework for impl in results if impl.framework], device)
-    if isolate:
         events = judge_isolated(names, cases, options, weights_path, jobs, timeout)
     else:
         events = judge_in_process(names, cases, options, trained_weights)

@@ -100,13 +100,6 @@ class CallInputs:
             return "applies no dropout when training (declared)"
         return None
 
-    def describe(self) -> str:
-        """One line for listings: what it does not take ("" when it takes everything)."""
-        missing = (["additive bias"] if not self.bias else []) + [
-            _LAYOUT_WORDS[layout] for layout in MASK_LAYOUTS if layout not in self.masks] + (
-            ["dropout"] if not self.dropout else [])
-        return "takes no " + ", no ".join(missing) if missing else ""
-
 
 _INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(CallInputs))
 
