@@ -1,4 +1,5 @@
-"""Atomic file replacement, shared by the conformance reports and the benchmark reports.
+"""Atomic file replacement, shared by the conformance reports and the benchmark reports;
+and where attnsuite keeps its caches (``cache_home``).
 
 The data goes to a temporary file in the target's own folder (``os.replace`` is atomic
 only within one file system), is fsync'ed, then renamed over the target: a reader, or a
@@ -39,3 +40,9 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def cache_home() -> Path:
+    """attnsuite's folder in the user's cache: ``$XDG_CACHE_HOME/attnsuite``, else
+    ``~/.cache/attnsuite`` (the gate's JAX compile cache, ``attnsuite list``'s probes)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "attnsuite"

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 from attnsuite.conformance.cases import Case
 from attnsuite.conformance.checks import CheckResult, Options
+from attnsuite.files import cache_home
 from attnsuite.impls.backends.common import QUICK_XLA_CPU_OPTIONS, xla_flags
 from attnsuite.impls.entry import Entry, process_groups
 from attnsuite.impls.registry import find_entry
@@ -40,8 +41,7 @@ JAX_CACHE_MAX_BYTES = 256 * 2**20  # least recently used entries go beyond this
 def _jax_cache_dir() -> Path:
     # Not the ".../attnsuite/jax" of earlier, uncapped runs: a capped cache keeps an access
     # time beside each entry, and fails every write in a folder with entries lacking one.
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "attnsuite" / "jax-capped"
+    return cache_home() / "jax-capped"
 
 
 def _can_cap_jax_cache() -> bool:

@@ -32,7 +32,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from attnsuite.files import atomic_write_text
+from attnsuite.files import atomic_write_text, cache_home
 from attnsuite.impls.entry import Entry
 
 FORMAT = 1                      # bump when the file's layout or the probe's meaning changes
@@ -45,9 +45,7 @@ SUITE_TOP = "attnsuite"
 def cache_dir() -> Path:
     """``$ATTNSUITE_CACHE_DIR``, else ``$XDG_CACHE_HOME/attnsuite``, else ``~/.cache/attnsuite``."""
     explicit = os.environ.get(CACHE_DIR_VARIABLE)
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "attnsuite"
+    return Path(explicit) if explicit else cache_home()
 
 
 def _digest(data: bytes) -> str:
